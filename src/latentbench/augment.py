@@ -1,0 +1,191 @@
+"""Batched image augmentations with per-sample randomness, as tensor ops on the training device.
+
+Each augmentation is two steps: ``sample_*_params(n, ...)`` draws one set of parameters per image
+(tested against the configured ranges) and ``apply_*(x, params)`` applies them to the whole batch at
+once. Geometry (random resized crop, flip, rotation, translation) is a single per-sample affine map
+sampled with ``grid_sample``; colour jitter is a few broadcast tensor ops. Pixels stay in [0, 1].
+
+Kinds:
+  * ``color``: SimCLR's view pipeline: random resized crop, horizontal flip, colour jitter with
+    probability, random grayscale (Chen et al. 2020, appendix A).
+  * ``digits``: crop/scale, small rotation and translation; no flips or colour (a flipped 2 is no 2).
+  * ``crop_flip``: supervised CIFAR augmentation: shift by up to 4 pixels (zero padding) and flip.
+  * ``none``: identity.
+
+Differences from torchvision: the crop box is clamped to the image instead of re-drawn up to ten times,
+and jitter is applied in the fixed order brightness, contrast, saturation, hue (hue rotates chroma in
+YIQ space) rather than a random order; both keep the per-sample parameter ranges identical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from latentbench.config import AugmentConfig
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def _bernoulli(n: int, p: float, device) -> torch.Tensor:
+    return torch.rand(n, device=device) < p
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def sample_crop_params(n: int, scale: tuple[float, float], ratio: tuple[float, float], flip_p: float,
+                       device="cpu") -> dict[str, torch.Tensor]:
+    """Random resized crop: area fraction in ``scale``, aspect ratio (w/h) log-uniform in ``ratio``."""
+    area = _uniform(n, scale[0], scale[1], device)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), device)
+    aspect = log_ratio.exp()
+    w = (area * aspect).sqrt().clamp(max=1.0)  # box side as a fraction of the image side
+    h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, device=device) * (1 - w) + w / 2) * 2 - 1  # box centre in [-1, 1] coordinates
+    cy = (torch.rand(n, device=device) * (1 - h) + h / 2) * 2 - 1
+    flip = _bernoulli(n, flip_p, device)
+    return {"area": area, "aspect": aspect, "w": w, "h": h, "cx": cx, "cy": cy, "flip": flip}
+
+
+def crop_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Affine matrices (n, 2, 3) mapping output coordinates to input coordinates."""
+    sign = 1.0 - 2.0 * p["flip"].float()
+    theta = torch.zeros(p["w"].shape[0], 2, 3, device=p["w"].device)
+    theta[:, 0, 0] = p["w"] * sign
+    theta[:, 1, 1] = p["h"]
+    theta[:, 0, 2] = p["cx"]
+    theta[:, 1, 2] = p["cy"]
+    return theta
+
+
+def sample_digit_params(n: int, scale: tuple[float, float], rotation_deg: float, translate: float,
+                        device="cpu") -> dict[str, torch.Tensor]:
+    """Digit geometry: zoom (area fraction in ``scale``), rotation in +-deg, shift in +-translate."""
+    return {
+        "area": _uniform(n, scale[0], scale[1], device),
+        "angle": _uniform(n, -rotation_deg, rotation_deg, device),
+        "tx": _uniform(n, -translate, translate, device),
+        "ty": _uniform(n, -translate, translate, device),
+    }
+
+
+def digit_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    side = p["area"].sqrt()
+    rad = p["angle"] * (math.pi / 180)
+    cos, sin = rad.cos() * side, rad.sin() * side
+    theta = torch.stack([torch.stack([cos, -sin, 2 * p["tx"]], 1), torch.stack([sin, cos, 2 * p["ty"]], 1)], 1)
+    return theta
+
+
+def sample_shift_params(n: int, max_shift: int, height: int, width: int, flip_p: float,
+                        device="cpu") -> dict[str, torch.Tensor]:
+    """Whole-pixel shifts in [-max_shift, max_shift] (pad-and-crop) and a horizontal flip."""
+    dx = torch.randint(-max_shift, max_shift + 1, (n,), device=device)
+    dy = torch.randint(-max_shift, max_shift + 1, (n,), device=device)
+    return {"dx": dx, "dy": dy, "flip": _bernoulli(n, flip_p, device), "height": height, "width": width}
+
+
+def shift_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    n = p["dx"].shape[0]
+    theta = torch.zeros(n, 2, 3, device=p["dx"].device)
+    theta[:, 0, 0] = 1.0 - 2.0 * p["flip"].float()
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2.0 * p["dx"].float() / p["width"]
+    theta[:, 1, 2] = 2.0 * p["dy"].float() / p["height"]
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Resample every image of ``x`` (B, C, H, W) through its own affine map ``theta`` (B, 2, 3)."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------- colour
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma of RGB images (B, 3, H, W) -> (B, 1, H, W)."""
+    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def sample_color_params(n: int, cfg: AugmentConfig, device="cpu") -> dict[str, torch.Tensor]:
+    """Per image: jitter on/off (``jitter_p``), factors in torchvision's ranges, grayscale (``gray_p``)."""
+    on = _bernoulli(n, cfg.jitter_p, device)
+
+    def factor(strength: float) -> torch.Tensor:
+        f = _uniform(n, max(0.0, 1 - strength), 1 + strength, device)
+        return torch.where(on, f, torch.ones_like(f))
+
+    hue = _uniform(n, -cfg.hue, cfg.hue, device)
+    return {
+        "jitter": on,
+        "brightness": factor(cfg.brightness),
+        "contrast": factor(cfg.contrast),
+        "saturation": factor(cfg.saturation),
+        "hue": torch.where(on, hue, torch.zeros_like(hue)),
+        "gray": _bernoulli(n, cfg.gray_p, device),
+    }
+
+
+def _rotate_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """Rotate chroma by ``hue`` turns (fraction of 360 degrees) in YIQ space."""
+    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              device=x.device, dtype=x.dtype)
+    yiq_to_rgb = torch.linalg.inv(rgb_to_yiq)
+    angle = hue * 2 * math.pi
+    cos, sin = angle.cos(), angle.sin()
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
+                       torch.stack([zero, sin, cos], 1)], 1)  # (B, 3, 3)
+    m = yiq_to_rgb @ rot @ rgb_to_yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
+def apply_color(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Colour jitter and random grayscale on RGB images in [0, 1]."""
+    view = (-1, 1, 1, 1)
+    x = (x * p["brightness"].view(view)).clamp(0, 1)
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * p["contrast"].view(view) + mean).clamp(0, 1)
+    gray = grayscale(x)
+    x = ((x - gray) * p["saturation"].view(view) + gray).clamp(0, 1)
+    x = _rotate_hue(x, p["hue"]).clamp(0, 1)
+    return torch.where(p["gray"].view(view), grayscale(x).expand_as(x), x)
+
+
+# ------------------------------------------------------------------------------------------- pipelines
+def augment(x: torch.Tensor, kind: str, cfg: AugmentConfig) -> torch.Tensor:
+    """One randomly augmented view of every image of ``x`` (B, C, H, W), parameters drawn per image."""
+    n, c, h, w = x.shape
+    if kind == "none":
+        return x
+    if kind == "color":
+        geo = sample_crop_params(n, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip_p, x.device)
+        out = warp(x, crop_theta(geo), padding="border")
+        return apply_color(out, sample_color_params(n, cfg, x.device)) if c == 3 else out
+    if kind == "digits":
+        geo = sample_digit_params(n, tuple(cfg.digit_crop_scale), cfg.rotation_deg, cfg.translate, x.device)
+        return warp(x, digit_theta(geo), padding="zeros")
+    if kind == "crop_flip":
+        geo = sample_shift_params(n, max(1, round(h / 8)), h, w, cfg.flip_p, x.device)
+        return warp(x, shift_theta(geo), padding="zeros")
+    raise ValueError(f"unknown augmentation '{kind}' (color | digits | crop_flip | none)")
+
+
+def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Gaussian pixel noise of standard deviation ``std``, clipped back to [0, 1] (denoising input)."""
+    if std <= 0:
+        return x
+    return (x + std * torch.randn_like(x)).clamp_(0, 1)
+
+
+def view_kind(requested: str, channels: int) -> str:
+    """``auto`` picks SimCLR's colour pipeline for RGB images and the digit pipeline for grayscale."""
+    if requested != "auto":
+        return requested
+    return "color" if channels == 3 else "digits"

@@ -1,0 +1,189 @@
+"""Command-line interface: parse, load the config, call one function per subcommand.
+
+    latentbench list
+    latentbench check-data --dataset cifar10 --data-root ../shared/data
+    latentbench train configs/mnist_supervised.toml [--set train.epochs=5] [--data-root DIR] [--out DIR]
+    latentbench train --resume runs/mnist_supervised_s0
+    latentbench eval runs/mnist_supervised_s0 [--force]
+    latentbench report runs/            (or a study folder)
+    latentbench reproduce [--preset quick|paper|smoke] [--datasets mnist,cifar10] [--seeds N] [--out DIR]
+
+Errors a user can fix (bad config, missing data, broken run files) end with a one-paragraph message and
+exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+from latentbench.config import ConfigError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from latentbench.data import DataError
+    from latentbench.io import RunFileError
+    from latentbench.registry import RegistryError
+    from latentbench.train import TrainingDiverged
+
+    return ConfigError, DataError, RunFileError, RegistryError, TrainingDiverged, ValueError
+
+
+def _common_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.set or [])
+    if getattr(args, "data_root", None):
+        overrides.append(f'data.root="{args.data_root}"')
+    if getattr(args, "device", None):
+        overrides.append(f'train.device="{args.device}"')
+    if getattr(args, "out", None):
+        overrides.append(f'out_dir="{args.out}"')
+    if getattr(args, "deterministic", False):
+        overrides.append("train.deterministic=true")
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from latentbench.config import load_config
+    from latentbench.train import resume_config, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = resume_config(run_dir, _common_overrides(args))
+        train(cfg, run_dir=run_dir, resume=True)
+        return 0
+    if not args.config:
+        raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
+    cfg = load_config(args.config, _common_overrides(args))
+    train(cfg)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from latentbench.registry import names
+
+    for kind in ("dataset", "encoder", "objective"):
+        print(f"{kind}s: {', '.join(names(kind))}")
+    configs = Path("configs")
+    if configs.is_dir():
+        print(f"configs: {', '.join(sorted(p.name for p in configs.glob('*.toml')))}")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from latentbench.config import load_config
+    from latentbench.data import load_splits
+
+    overrides = _common_overrides(args) + ([f'data.name="{args.dataset}"'] if args.dataset else [])
+    cfg = load_config(args.config, overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_splits(cfg.data)
+    spec = splits.spec
+    print(f"dataset {spec.name}: images {spec.channels}x{spec.height}x{spec.width}, {spec.num_classes} classes "
+          f"({', '.join(spec.class_names[:10])}{', ...' if spec.num_classes > 10 else ''})")
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        counts = part.y.bincount(minlength=spec.num_classes).tolist()
+        print(f"  {name:5s}: {len(part):6d} images; per class min {min(counts)}, max {max(counts)}")
+    print(f"  mean {spec.mean}, std {spec.std}")
+    for w in caught:
+        print(f"  warning: {w.message}")
+    print("problems: none" if not caught else f"problems: {len(caught)} warning(s) above")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from latentbench.evaluate import evaluate_run
+
+    evaluate_run(Path(args.run_dir), force=args.force, overrides=list(args.set or []))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from latentbench.report import build_report
+
+    html, md = build_report(Path(args.folder), out=Path(args.output) if args.output else None)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from latentbench.study import reproduce
+
+    datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
+    reproduce(preset=args.preset, datasets=datasets, seeds=args.seeds, out=Path(args.out) if args.out else None,
+              data_root=args.data_root, device=args.device, extra_overrides=list(args.set or []))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentbench", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument("--data-root", help="folder holding the datasets (default $LATENTBENCH_DATA or ./data)")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+        if out:
+            p.add_argument("--out", help="folder for run directories (default runs/)")
+
+    p = sub.add_parser("train", help="train one encoder into a run directory")
+    p.add_argument("config", nargs="?", help="TOML recipe (see configs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="deterministic torch algorithms")
+    add_common(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("list", help="registered datasets, encoders, objectives and configs")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("check-data", help="load a dataset and report its problems without training")
+    p.add_argument("config", nargs="?", help="TOML recipe whose [data] section to check")
+    p.add_argument("--dataset", help="dataset name (mnist | cifar10 | imagefolder | synthetic)")
+    add_common(p, out=False)
+    p.set_defaults(fn=cmd_check_data)
+
+    p = sub.add_parser("eval", help="probes, reconstruction, latent metrics and figures for a run")
+    p.add_argument("run_dir")
+    p.add_argument("--force", action="store_true", help="recompute outputs that already exist")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an eval.* key")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="build report.html and report.md from run directories")
+    p.add_argument("folder", help="a study folder or a folder of run directories")
+    p.add_argument("--output", help="where to write the report (default: inside FOLDER)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run the report's whole study and write one report")
+    p.add_argument("--preset", default="quick", help="smoke | quick | paper (default quick)")
+    p.add_argument("--datasets", help="comma-separated subset, e.g. mnist")
+    p.add_argument("--seeds", type=int, help="number of seeds (default from the preset)")
+    add_common(p)
+    p.set_defaults(fn=cmd_reproduce)
+    return parser
+
+
+def _say(message: str) -> None:
+    print(textwrap.fill(f"latentbench: error: {message}", width=100, break_long_words=False,
+                        break_on_hyphens=False), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from latentbench.train import TrainingInterrupted
+
+    try:
+        return args.fn(args)
+    except TrainingInterrupted as err:
+        print(f"latentbench: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("latentbench: interrupted; finished work is kept on disk.", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        _say(str(err))
+        return 2

@@ -1,0 +1,313 @@
+"""Typed run configuration: dataclasses per section, strict TOML loading, dotted ``--set`` overrides.
+
+Every hyper-parameter of a run lives here, with its default and unit beside it; nothing else in the
+package holds a default. Loading is strict: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the key (and the nearest valid key for a typo).
+
+    cfg = load_config("configs/mnist_supervised.toml", overrides=["train.epochs=5"])
+    cfg.to_dict()  # plain JSON-able dict, saved as config.json in every run directory
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message says which key and how."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # registered dataset: mnist | cifar10 | imagefolder | synthetic
+    root: str = ""  # data root; "" = $LATENTBENCH_DATA, else ./data
+    val_fraction: float = 0.1  # share of the train split held out for validation (report: 10%)
+    split_seed: int = 0  # seed of the train/validation split (fixed across training seeds on purpose)
+    train_subset: int = 0  # use only this many training images (0 = all); for quick presets
+    download: bool = True  # let torchvision download MNIST/CIFAR-10 when missing (needs internet)
+    # imagefolder / synthetic only:
+    channels: int = 0  # 0 = infer (imagefolder) / 1 (synthetic)
+    image_size: int = 0  # square side in pixels; 0 = infer (imagefolder) / 28 (synthetic)
+    synthetic_train: int = 2000  # synthetic dataset: training images
+    synthetic_test: int = 500  # synthetic dataset: test images
+    synthetic_classes: int = 10
+    skip_bad_images: bool = False  # imagefolder: skip unreadable files (with a warning) instead of failing
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "auto"  # auto = mlp for small grayscale images, conv otherwise
+    latent_dim: int = 128  # the report's latent size
+    mlp_hidden: list[int] = field(default_factory=lambda: [256, 128])  # report: 784-256-128-128
+    conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
+    skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
+    classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
+    classifier_dropout: float = 0.2
+    channels_last: bool = True  # conv models in NHWC memory format (faster on CPU and GPU)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "autoencoder"  # autoencoder | supervised | contrastive
+    recon_loss: str = "l1"  # l1 | mse; L1 is what the report's MAE measures
+    noise_std: float = 0.0  # Gaussian input noise (pixels in [0,1]); > 0 makes it denoising
+    label_smoothing: float = 0.0  # supervised cross-entropy
+    temperature: float = 0.5  # NT-Xent temperature (SimCLR's CIFAR value)
+    proj_hidden: int = 512  # projection head hidden width
+    proj_dim: int = 128  # projection head output
+    recon_weight: float = 0.0  # contrastive: weight of the (denoising) reconstruction term
+    augment: str = "auto"  # view augmentation: auto | digits | color | none
+    supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # random resized crop area range
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])  # aspect ratio range
+    flip_p: float = 0.5  # horizontal flip probability (colour images)
+    jitter_p: float = 0.8  # probability of colour jitter per image
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    gray_p: float = 0.2  # probability of converting to grayscale
+    digit_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    rotation_deg: float = 15.0  # digits: uniform rotation in [-deg, deg]
+    translate: float = 0.1  # digits: shift as a fraction of the image side
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # global batch (split across ranks under torchrun)
+    lr: float = 1e-3  # Adam learning rate (report)
+    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up for cosine
+    patience: int = 5  # early stopping: epochs without validation improvement (0 = off)
+    monitor: str = "auto"  # validation stat to select on; auto = objective's own
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps
+    threads: int = 0  # torch CPU threads; 0 = number of usable cores
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); tiny-budget mode
+    deterministic: bool = False  # torch deterministic algorithms + seeded everything
+    compile: bool = False  # torch.compile the objective (pays off only on long GPU runs)
+    amp: str = "auto"  # auto (bf16 on supporting GPUs, never on CPU) | off | bf16 | fp16
+    sync_batchnorm: str = "auto"  # auto (on for contrastive with >1 GPU rank) | on | off
+    log_every: int = 50  # progress-bar refresh, in steps
+
+
+@dataclass
+class EvalConfig:
+    probe_epochs: int = 30  # MLP probe: max epochs (early stopping on validation)
+    probe_patience: int = 5
+    probe_lr: float = 1e-3
+    probe_weight_decay: float = 0.0
+    linear_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    decoder_probe_epochs: int = 10  # decoder trained on frozen z for encoders without a decoder
+    tsne_points: int = 5000  # test images in the t-SNE maps
+    tsne_perplexity: float = 30.0
+    silhouette_points: int = 5000
+    n_reconstructions: int = 0  # 0 = 5 for 1-channel data, 10 otherwise (the report's figures)
+    interp_steps: int = 10
+    interp_classes: list[int] = field(default_factory=lambda: [4, 9])  # report: a 4 and a 9
+    interp_indices: list[int] = field(default_factory=list)  # explicit test indices (override classes)
+    batch_size: int = 1024  # inference batch
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # run directory name; "" = <dataset>_<objective>_s<seed>
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def run_name(self) -> str:
+        return self.name or f"{self.data.name}_{self.objective.name}_s{self.train.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "objective.recon_loss": ("l1", "mse"),
+    "objective.augment": ("auto", "digits", "color", "none"),
+    "objective.supervised_augment": ("none", "crop_flip", "digits"),
+    "train.schedule": ("constant", "cosine", "onecycle"),
+    "train.amp": ("auto", "off", "bf16", "fp16"),
+    "train.sync_batchnorm": ("auto", "on", "off"),
+}
+
+POSITIVE = {
+    "model.latent_dim", "train.batch_size", "train.epochs", "train.lr", "eval.knn_k",
+    "eval.batch_size", "eval.interp_steps", "objective.temperature", "objective.proj_dim",
+    "objective.proj_hidden", "model.classifier_hidden", "data.synthetic_train", "data.synthetic_test",
+    "eval.probe_epochs", "eval.knn_temperature", "eval.tsne_perplexity",
+}
+NON_NEGATIVE = {
+    "train.weight_decay", "objective.noise_std", "objective.recon_weight", "train.max_steps",
+    "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
+    "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
+}
+UNIT_INTERVAL = {
+    "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
+    "augment.gray_p", "objective.label_smoothing",
+}
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    section, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{section + '.' if section else ''}{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}.")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _section_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            raise _unknown_key(full, list(types_))
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a section; write it as [{full}] with keys under it")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    flat = flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} = {flat[key]!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key} must be > 0, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {flat[key]!r}")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ConfigError(f"{key} must lie in [0, 1], got {flat[key]!r}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.data.val_fraction}")
+    for key in ("augment.crop_scale", "augment.crop_ratio", "augment.digit_crop_scale"):
+        lo_hi = flat[key]
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, got {lo_hi}")
+    if any(w <= 0 for w in cfg.model.mlp_hidden + cfg.model.conv_widths):
+        raise ConfigError("model.mlp_hidden and model.conv_widths must hold positive widths")
+    if len(cfg.model.conv_widths) != 4:
+        raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare words are strings: --set data.name=cifar10
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge ``key.sub=value`` strings into a nested dict; validation happens in :func:`from_dict`."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return tree
+
+
+def from_dict(tree: dict[str, Any]) -> RunConfig:
+    cfg = _build(RunConfig, tree)
+    _check_ranges(cfg)
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; see configs/ for recipes")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    tree = read_toml(path) if path else {}
+    return from_dict(apply_overrides(tree, list(overrides or [])))
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from latentbench.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def load_saved_config(path: Path) -> RunConfig:
+    return from_dict(json.loads(Path(path).read_text()))
+

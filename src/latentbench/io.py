@@ -1,0 +1,108 @@
+"""File I/O that never loses finished work: atomic writes (temp file + fsync + rename) and safe loading.
+
+Every checkpoint, cache, metrics and config file of a run directory goes through these functions, so a
+kill at any moment leaves the previous version of the file intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunFileError(RuntimeError):
+    """A run-directory file is missing, unreadable or corrupt; the message names the file."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def safe_torch_load(path: Path) -> Any:
+    """Load a tensor file with ``weights_only=True`` onto the CPU; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"'{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise RunFileError(
+            f"'{path}' is corrupt or truncated and cannot be loaded ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Delete it, or resume from another "
+            "checkpoint of the run."
+        ) from None
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFileError(f"'{path}' does not exist") from None
+    except json.JSONDecodeError as err:
+        raise RunFileError(f"'{path}' is not valid JSON ({err}); delete it and re-run the stage") from None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work when ``folder`` cannot be created or written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunFileError(
+            f"cannot write to output folder '{folder}' ({err.strerror}); choose another with --out "
+            "or fix its permissions"
+        ) from None

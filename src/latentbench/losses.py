@@ -1,0 +1,54 @@
+"""Pure loss functions of tensors plus explicit hyper-parameters (no globals, no modules).
+
+* :func:`reconstruction_loss` - mean L1 or squared error per pixel.
+* :func:`classification_loss` - cross-entropy with optional label smoothing.
+* :func:`nt_xent` - SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, eq. 1),
+  optionally with negatives gathered from every rank of a distributed run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean per-pixel error between reconstruction ``x_hat`` and target ``x`` (both (B, C, H, W))."""
+    if kind == "l1":
+        return F.l1_loss(x_hat, x)
+    if kind == "mse":
+        return F.mse_loss(x_hat, x)
+    raise ValueError(f"unknown reconstruction loss '{kind}' (l1 | mse)")
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, K) against integer labels ``y`` (B,)."""
+    return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None, rank: int = 0) -> torch.Tensor:
+    """NT-Xent over 2N views: ``p1[i]`` and ``p2[i]`` (each (N, D)) are the two views of image i.
+
+    For each of the 2N views the positive is its partner and the other 2N-2 views are negatives;
+    the loss is the mean over all 2N anchors of ``-log softmax(sim / temperature)[positive]``.
+
+    ``gather``: an optional function ``(N, D) -> (world*N, D)`` that concatenates every rank's
+    projections (with gradients), and ``rank`` this process's index in it; the local anchors are then
+    contrasted with the global batch, as SimCLR does at scale.
+    """
+    z = F.normalize(torch.cat([p1, p2]), dim=1)  # (2N, D): local anchors
+    n = p1.shape[0]
+    if gather is None:
+        keys, offset, world_n = z, 0, n
+    else:
+        g1, g2 = gather(F.normalize(p1, dim=1)), gather(F.normalize(p2, dim=1))
+        world_n = g1.shape[0]
+        offset = rank * n
+        keys = torch.cat([g1, g2])  # (2M, D), M = world*N
+    logits = z @ keys.T / temperature  # (2N, 2M)
+    local = torch.arange(n, device=z.device)
+    self_index = torch.cat([local + offset, local + offset + world_n])
+    positive = torch.cat([local + offset + world_n, local + offset])
+    logits = logits.masked_fill(F.one_hot(self_index, keys.shape[0]).bool(), float("-inf"))
+    return F.cross_entropy(logits, positive)
+

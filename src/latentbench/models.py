@@ -1,0 +1,193 @@
+"""Encoders, decoders and heads, built from a DatasetSpec and the model config.
+
+Contract: ``encoder(x) -> z`` with ``x`` float pixels in [0, 1] of shape (B, C, H, W) and ``z`` of shape
+(B, latent_dim). Heads (decoder, classifier, projection) live outside the encoder so every evaluation
+sees the same object. Encoders normalise their input with the dataset mean/std themselves.
+
+The report's models:
+  * MLP (MNIST): 784-256-ReLU-128-ReLU-128; decoder mirrors it (128-128-ReLU-256-ReLU-784, Sigmoid).
+  * Conv (CIFAR-10): four 3x3 conv layers with increasing widths, each BatchNorm + ReLU (strides 1,2,2,2),
+    flatten, linear to the latent; decoder: linear, three ConvTranspose2d layers back to full size, Sigmoid.
+    With ``skips`` the decoder adds the encoder's feature maps at matching resolutions (U-Net style).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from latentbench.config import ModelConfig
+from latentbench.data import DatasetSpec
+from latentbench.registry import get, register
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _mlp(sizes: list[int], last_activation: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    if last_activation is not None:
+        layers.append(last_activation)
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Base: ``forward(x) -> z``; ``features(x) -> (z, skips)`` for decoders that use skip connections."""
+
+    latent_dim: int
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self(x), []
+
+
+class MLPEncoder(Encoder):
+    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x).flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int):
+        super().__init__()
+        self.shape = spec.shape
+        self.net = _mlp([latent_dim, *reversed(hidden), math.prod(spec.shape)], nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.net(z).view(-1, *self.shape)
+
+
+def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+CONV_STRIDES = (1, 2, 2, 2)  # 32x32 -> 32 -> 16 -> 8 -> 4
+
+
+def _conv_out_side(side: int) -> int:
+    for stride in CONV_STRIDES:
+        side = (side - 1) // stride + 1
+    return side
+
+
+class ConvEncoder(Encoder):
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.normalize = Normalize(spec.mean, spec.std)
+        chans = [spec.channels, *widths]
+        self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], CONV_STRIDES))
+        self.side = (_conv_out_side(spec.height), _conv_out_side(spec.width))
+        self.fc = nn.Linear(widths[-1] * self.side[0] * self.side[1], latent_dim)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.normalize(x)
+        maps = []
+        for block in self.blocks:
+            h = block(h)
+            maps.append(h)
+        return self.fc(h.flatten(1)), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[0]
+
+
+def _up_block(c_in: int, c_out: int, last: bool) -> nn.Sequential:
+    conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=last)
+    return nn.Sequential(conv, nn.Sigmoid()) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(True))
+
+
+class ConvDecoder(nn.Module):
+    """Linear to the last feature map, then three ConvTranspose2d (x2 each) back to the image size.
+
+    With ``skips``, the encoder maps of the same resolution are added before each up-sampling layer.
+    """
+
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, skips: bool):
+        super().__init__()
+        self.use_skips = skips
+        self.side = (_conv_out_side(spec.height), _conv_out_side(spec.width))
+        self.fc = nn.Linear(latent_dim, widths[-1] * self.side[0] * self.side[1])
+        self.fc_act = nn.ReLU(inplace=True)
+        chans = [widths[3], widths[2], widths[1], spec.channels]
+        self.ups = nn.ModuleList(_up_block(a, b, last=i == 2) for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])))
+        self.out_size = (spec.height, spec.width)
+
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        h = self.fc_act(self.fc(z)).view(z.shape[0], -1, *self.side)
+        for i, up in enumerate(self.ups):
+            if self.use_skips and skips:
+                h = h + skips[3 - i]  # encoder maps at 4x4 (block 4), 8x8 (block 3), 16x16 (block 2)
+            h = up(h)
+        if h.shape[-2:] != self.out_size:
+            h = nn.functional.interpolate(h, size=self.out_size, mode="bilinear", align_corners=False)
+        return h
+
+
+class ClassifierHead(nn.Module):
+    """The report's classifier: latent-64-ReLU-Dropout-classes."""
+
+    def __init__(self, latent_dim: int, hidden: int, classes: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(hidden, classes))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's projection g(.): Linear-BN-ReLU-Linear; the loss sees its output, evaluation never does."""
+
+    def __init__(self, latent_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden, bias=False), nn.BatchNorm1d(hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+# ------------------------------------------------------------------------------------------ registry
+@register("encoder", "mlp")
+def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
+    return MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim), MLPDecoder(spec, cfg.mlp_hidden, cfg.latent_dim)
+
+
+@register("encoder", "conv")
+def build_conv(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
+    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim),
+            ConvDecoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.skips))
+
+
+def encoder_name(spec: DatasetSpec, cfg: ModelConfig) -> str:
+    """``auto``: an MLP for small grayscale images (MNIST-like), a conv net otherwise."""
+    if cfg.encoder != "auto":
+        return cfg.encoder
+    return "mlp" if spec.channels == 1 and spec.height * spec.width <= 32 * 32 else "conv"
+
+
+def build_encoder_decoder(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
+    """The encoder and its matching decoder (the decoder is used only by objectives that reconstruct)."""
+    return get("encoder", encoder_name(spec, cfg))(spec, cfg)

@@ -1,0 +1,151 @@
+"""Training objectives: ``nn.Module``s that wrap an encoder and map a batch to ``(loss, stats)``.
+
+The training loop knows nothing about autoencoders, labels or views: it calls ``objective((x, y))`` and
+gets a scalar loss tensor and a dict of detached scalar tensors for logging. Each objective names the
+validation statistic to select on (``monitor``) and whether lower or higher is better.
+
+  * ``autoencoder``  - reconstruct ``x`` from ``encoder(x + noise)`` (denoising when ``noise_std > 0``).
+  * ``supervised``   - cross-entropy through the classifier head, end to end.
+  * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
+                       (denoising) reconstruction term through a decoder (the report's CIFAR model).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from latentbench.augment import add_noise, augment, view_kind
+from latentbench.config import RunConfig
+from latentbench.data import DatasetSpec
+from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
+from latentbench.models import ClassifierHead, Encoder, ProjectionHead, build_encoder_decoder
+from latentbench.registry import get, register
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Stats = dict[str, torch.Tensor]
+
+
+class Objective(nn.Module):
+    """Base class: holds ``encoder``; subclasses add heads and implement ``forward(batch)``."""
+
+    monitor: str = "loss"  # validation stat to select on
+    mode: str = "min"  # min | max
+    decoder: nn.Module | None = None
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode ``x``'s code (only for objectives with a decoder)."""
+        if self.decoder is None:
+            raise TypeError(f"{type(self).__name__} has no decoder")
+        z, skips = self.encoder.features(x)
+        return self.decoder(z, skips)
+
+
+def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
+    diff = (x_hat.detach() - x).float()
+    return {"mae": diff.abs().mean(), "mse": diff.pow(2).mean()}
+
+
+@register("objective", "autoencoder")
+class AutoencoderObjective(Objective):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0):
+        super().__init__(encoder)
+        self.decoder, self.recon_loss, self.noise_std = decoder, recon_loss, noise_std
+        self.monitor = "mae"
+
+    @classmethod
+    def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
+        return cls(encoder, decoder, cfg.objective.recon_loss, cfg.objective.noise_std)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
+        x, _ = batch
+        z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
+        x_hat = self.decoder(z, skips)
+        loss = reconstruction_loss(x_hat, x, self.recon_loss)
+        return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
+
+
+@register("objective", "supervised")
+class SupervisedObjective(Objective):
+    mode = "max"
+
+    def __init__(self, encoder: Encoder, classifier: nn.Module, label_smoothing: float = 0.0,
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__(encoder)
+        self.classifier, self.label_smoothing, self.view = classifier, label_smoothing, view
+        self.monitor = "acc"
+
+    @classmethod
+    def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
+        m = cfg.model
+        head = ClassifierHead(m.latent_dim, m.classifier_hidden, spec.num_classes, m.classifier_dropout)
+        return cls(encoder, head, cfg.objective.label_smoothing, _view_fn(cfg.objective.supervised_augment, cfg))
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
+        x, y = batch
+        if self.training and self.view is not None:
+            x = self.view(x)
+        logits = self.classifier(self.encoder(x))
+        loss = classification_loss(logits, y, self.label_smoothing)
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc}
+
+
+@register("objective", "contrastive")
+class ContrastiveObjective(Objective):
+    """SimCLR with in-batch negatives; ``gather`` (set by the distributed runner) widens them to all ranks."""
+
+    def __init__(self, encoder: Encoder, projector: nn.Module, view: Callable[[torch.Tensor], torch.Tensor],
+                 temperature: float = 0.5, decoder: nn.Module | None = None, recon_weight: float = 0.0,
+                 noise_std: float = 0.0, recon_loss: str = "l1"):
+        super().__init__(encoder)
+        self.projector, self.view, self.temperature = projector, view, temperature
+        self.decoder = decoder if recon_weight > 0 else None
+        self.recon_weight, self.noise_std, self.recon_loss = recon_weight, noise_std, recon_loss
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.rank = 0
+
+    @classmethod
+    def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
+        o = cfg.objective
+        view = _view_fn(view_kind(o.augment, spec.channels), cfg) or (lambda x: x)
+        projector = ProjectionHead(cfg.model.latent_dim, o.proj_hidden, o.proj_dim)
+        return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std, o.recon_loss)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
+        x, _ = batch
+        n = x.shape[0]
+        views = torch.cat([self.view(x), self.view(x)])  # one encoder pass for both views (shared BN stats)
+        p = self.projector(self.encoder(views))
+        contrastive = nt_xent(p[:n], p[n:], self.temperature, self.gather, self.rank)
+        stats: Stats = {"nt_xent": contrastive.detach()}
+        loss = contrastive
+        if self.decoder is not None:
+            z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
+            x_hat = self.decoder(z, skips)
+            recon = reconstruction_loss(x_hat, x, self.recon_loss)
+            loss = loss + self.recon_weight * recon
+            stats.update({"recon": recon.detach(), **_pixel_errors(x_hat, x)})
+        stats["loss"] = loss.detach()
+        return loss, stats
+
+
+def _view_fn(kind: str, cfg: RunConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if kind == "none":
+        return None
+    return lambda x: augment(x, kind, cfg.augment)
+
+
+def build_objective(spec: DatasetSpec, cfg: RunConfig) -> Objective:
+    """Encoder + the heads the configured objective needs, wrapped in its Objective."""
+    encoder, decoder = build_encoder_decoder(spec, cfg.model)
+    return get("objective", cfg.objective.name).build(encoder, decoder, spec, cfg)

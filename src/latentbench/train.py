@@ -1,0 +1,554 @@
+"""The one training loop for every objective, and the run directory it writes.
+
+    latentbench train configs/mnist_supervised.toml --set train.epochs=5
+    latentbench train --resume runs/mnist_supervised_s0
+
+Per epoch: training steps (Adam/AdamW, optional cosine or one-cycle schedule), a validation pass on the
+held-out split, early stopping on the objective's validation statistic, ``best`` and ``last``
+checkpoints and one row of ``history.csv``. A checkpoint holds everything needed to continue exactly:
+weights, optimizer, scheduler, epoch and batch position, early-stopping state, every RNG state and the
+config. Ctrl-C saves ``last`` (mid-epoch) and exits; a NaN/inf loss stops the run, names the epoch and
+step, and leaves the last good checkpoint in place. Under torchrun the objective is wrapped in
+DistributedDataParallel and only rank 0 writes files.
+
+Run directory: config.json, run_info.json, history.csv, checkpoints/{last,best}.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import latentbench
+from latentbench import distributed
+from latentbench.config import RunConfig, load_saved_config, save_config
+from latentbench.data import BatchLoader, Splits, load_splits
+from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_writable,
+                            read_json, safe_torch_load)
+from latentbench.objectives import Objective, build_objective
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C: ``last`` was saved; the run can be resumed."""
+
+
+# ----------------------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU (MPS only when asked for)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device = '{name}' but no CUDA device is available; use 'auto' or 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device = 'mps' but MPS is not available on this machine; use 'auto' or 'cpu'")
+    return device
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int, world_size: int = 1) -> int:
+    n = threads or max(1, usable_cores() // world_size)
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict[str, Any]:
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, pos, gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(obj: Any) -> Any:
+    return tuple(_as_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype; never on CPU (bfloat16 is emulated there and hundreds of times slower)."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def git_revision() -> str:
+    try:
+        root = Path(latentbench.__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------- pieces
+def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    fused = device.type == "cuda"
+    opts = {"lr": t.lr, "fused": True} if fused else {"lr": t.lr, "foreach": True}
+    if t.weight_decay > 0:
+        return torch.optim.AdamW(params, weight_decay=t.weight_decay, **opts)
+    return torch.optim.Adam(params, **opts)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total, pct_start=0.25)
+    if t.schedule == "cosine":
+        warmup = int(t.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return None
+
+
+@dataclass
+class EarlyStopping:
+    mode: str  # min | max
+    patience: int
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record this epoch's value; True when it is the best so far."""
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "patience": self.patience, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs}
+
+
+class RunPaths:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.config = self.root / "config.json"
+        self.info = self.root / "run_info.json"
+        self.history = self.root / "history.csv"
+        self.checkpoints = self.root / "checkpoints"
+        self.last = self.checkpoints / "last.pt"
+        self.best = self.checkpoints / "best.pt"
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.run_name()
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def load_objective_weights(objective: nn.Module, checkpoint: Path) -> dict[str, Any]:
+    state = safe_torch_load(checkpoint)
+    try:
+        objective.load_state_dict(state["objective"])
+    except (KeyError, RuntimeError) as err:
+        raise RunFileError(f"'{checkpoint}' does not match this run's model ({str(err).splitlines()[0]})") from None
+    return state
+
+
+# --------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    paths: RunPaths
+    splits: Splits | None = None
+    device: torch.device = field(init=False)
+    dist: distributed.DistInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        t = self.cfg.train
+        self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and distributed.env_info().enabled:
+            self.device = torch.device("cuda", distributed.env_info().local_rank)
+            torch.cuda.set_device(self.device)
+        self.dist = distributed.init(self.device)
+        self.threads = configure_threads(t.threads, self.dist.world_size if self.device.type == "cpu" else 1)
+        seed_everything(t.seed + self.dist.rank, t.deterministic)
+        self.splits = self.splits or load_splits(self.cfg.data)
+        self.spec = self.splits.spec
+        if t.batch_size > len(self.splits.train):
+            raise ValueError(f"train.batch_size = {t.batch_size} is larger than the {len(self.splits.train)} "
+                             "training images; lower it")
+        self.objective: Objective = build_objective(self.spec, self.cfg).to(self.device)
+        self.conv = self.cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in self.objective.modules())
+        if self.conv:
+            self.objective = self.objective.to(memory_format=torch.channels_last)
+        self.step_module: nn.Module = self._wrap(self.objective)
+        self.train_data = self.splits.train.to(self.device)
+        self.val_data = self.splits.val.to(self.device)
+        self.loader = BatchLoader(self.train_data, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
+                                  rank=self.dist.rank, world_size=self.dist.world_size, channels_last=self.conv)
+        if len(self.loader) == 0:
+            raise ValueError(f"train.batch_size = {t.batch_size} leaves no full batch; lower it")
+        self.optimizer = make_optimizer(self.objective.parameters(), self.cfg, self.device)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
+        monitor = t.monitor if t.monitor != "auto" else self.objective.monitor
+        mode = self.objective.mode if t.monitor == "auto" else ("max" if "acc" in monitor else "min")
+        self.monitor = monitor
+        self.early = EarlyStopping(mode, t.patience)
+        self.amp = amp_dtype(t.amp, self.device)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.partial: dict[str, float] = {}  # running train sums of an interrupted epoch
+        self._sums: dict[str, torch.Tensor] = {}
+        self.elapsed = 0.0
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _wrap(self, objective: Objective) -> nn.Module:
+        module: nn.Module = objective
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            sync = self.cfg.train.sync_batchnorm
+            if sync == "on" or (sync == "auto" and self.cfg.objective.name == "contrastive"
+                                and self.device.type == "cuda"):
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            if self.cfg.objective.name == "contrastive":
+                objective.gather, objective.rank = distributed.gather_with_grad, self.dist.rank
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DDP(module, device_ids=ids)
+        if self.cfg.train.compile:
+            module = torch.compile(module)
+        return module
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "early_stopping": self.early.state_dict(),
+            "partial": dict(self.partial),
+            "rng": rng_state(),
+            "history": self.history,
+            "elapsed": self.elapsed,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_last(self) -> None:
+        if self.dist.is_main:
+            atomic_torch_save(self.paths.last, self.checkpoint())
+
+    def save_best(self) -> None:
+        if self.dist.is_main:
+            atomic_torch_save(self.paths.best, {"format": 1, "objective": self.objective.state_dict(),
+                                                "epoch": self.epoch, "monitor": self.monitor,
+                                                "value": self.early.best, "config": self.cfg.to_dict()})
+
+    def restore(self, path: Path) -> None:
+        state = load_objective_weights(self.objective, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        es = state["early_stopping"]
+        self.early.best, self.early.best_epoch, self.early.bad_epochs = es["best"], es["best_epoch"], es["bad_epochs"]
+        self.partial = dict(state.get("partial", {}))
+        self.history = list(state["history"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        set_rng_state(state["rng"])
+
+    # -- loop --------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step} (batch "
+                f"{self.batch_in_epoch} of the epoch); stopped. The last good checkpoint is kept in "
+                f"'{self.paths.last}'. Lower train.lr or check the data."
+            )
+
+    def train_epoch(self, progress) -> dict[str, float]:
+        self.step_module.train()
+        sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
+        self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+        for batch in self.loader:
+            with self._autocast():
+                loss, stats = self.step_module(batch)
+            self._check_finite(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.float()
+            sums["_n"] = sums.get("_n", torch.zeros((), device=self.device)) + 1
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.partial, self._sums = {}, sums
+            progress.update(1)
+            if self.step % self.cfg.train.log_every == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
+                break
+        self._sums = {}
+        n = float(sums.pop("_n", torch.tensor(1.0)))
+        return {f"train_{k}": float(distributed.all_reduce_mean(v)) / n for k, v in sums.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.objective.eval()
+        loader = BatchLoader(self.val_data, self.cfg.eval.batch_size, shuffle=False, drop_last=False,
+                             channels_last=self.conv)
+        totals: dict[str, float] = {}
+        count = 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # fixed views for contrastive validation
+            torch.manual_seed(12345)
+            for x, y in loader:
+                with self._autocast():
+                    _, stats = self.objective((x, y))
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
+                count += x.shape[0]
+        return {f"val_{k}": v / count for k, v in totals.items()}
+
+    def _stop_reason(self) -> str | None:
+        t = self.cfg.train
+        if t.max_steps and self.step >= t.max_steps:
+            return f"reached train.max_steps = {t.max_steps}"
+        if self.early.should_stop:
+            return (f"early stopping: val_{self.monitor} did not improve for {t.patience} epochs "
+                    f"(best {self.early.best:.5g} at epoch {self.early.best_epoch + 1})")
+        if self.epoch >= t.epochs:
+            return f"completed {t.epochs} epochs"
+        return None
+
+    def fit(self) -> str:
+        """Train until the epoch budget, max_steps or early stopping; return why it stopped."""
+        from tqdm import tqdm
+
+        quiet = not sys.stderr.isatty() or not self.dist.is_main
+        reason = self._stop_reason()
+        while reason is None:
+            start = time.perf_counter()
+            desc = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}"
+            with tqdm(total=len(self.loader), initial=self.batch_in_epoch, desc=desc, disable=quiet,
+                      leave=False, dynamic_ncols=True) as progress:
+                try:
+                    train_stats = self.train_epoch(progress)
+                except KeyboardInterrupt:
+                    self.partial = {k: float(v) for k, v in self._sums.items()}
+                    self.elapsed += time.perf_counter() - start
+                    self.save_last()
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {self.epoch + 1}, step {self.step}; saved '{self.paths.last}'. "
+                        f"Continue with: latentbench train --resume {self.paths.root}"
+                    ) from None
+            val_stats = self.validate()
+            seconds = time.perf_counter() - start
+            self.elapsed += seconds
+            self._end_epoch(train_stats, val_stats, seconds)
+            reason = self._stop_reason()
+        return reason
+
+    def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float) -> None:
+        key = f"val_{self.monitor}"
+        if key not in val_stats:
+            raise ValueError(f"train.monitor = '{self.monitor}' is not a validation statistic of this objective; "
+                             f"choose one of: {', '.join(k[4:] for k in val_stats)}")
+        improved = self.early.update(val_stats[key], self.epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"epoch": self.epoch + 1, "step": self.step, "seconds": round(seconds, 3), "lr": lr,
+               **train_stats, **val_stats}
+        self.history.append(row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if improved:
+            self.save_best()
+        self.save_last()
+        if self.dist.is_main:
+            write_history(self.paths.history, self.history)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_")))
+            print(f"[{self.cfg.run_name()}] epoch {row['epoch']}: {shown} ({seconds:.1f}s)"
+                  + (" *" if improved else ""), flush=True)
+
+
+# ----------------------------------------------------------------------------------------- run info
+def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | None = None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "stop_reason": reason,
+        "latentbench": latentbench.__version__,
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _torchvision_version(),
+        "platform": platform.platform(),
+        "device": str(trainer.device),
+        "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else platform.processor() or platform.machine(),
+        "precision": str(trainer.amp).replace("torch.", "") if trainer.amp else "float32",
+        "threads": trainer.threads,
+        "world_size": trainer.dist.world_size,
+        "seed": trainer.cfg.train.seed,
+        "deterministic": trainer.cfg.train.deterministic,
+        "compile": trainer.cfg.train.compile,
+        "epochs_done": trainer.epoch,
+        "steps": trainer.step,
+        "best_epoch": trainer.early.best_epoch + 1,
+        f"best_val_{trainer.monitor}": trainer.early.best,
+        "train_seconds": round(trainer.elapsed, 2),
+        "started": started,
+        "updated": time.time(),
+        "dataset": {"name": trainer.spec.name, "shape": list(trainer.spec.shape),
+                    "classes": list(trainer.spec.class_names), "train": len(trainer.splits.train),
+                    "val": len(trainer.splits.val), "test": len(trainer.splits.test)},
+    }
+
+
+def _torchvision_version() -> str:
+    try:
+        import torchvision
+
+        return torchvision.__version__
+    except ImportError:
+        return "not installed"
+
+
+def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, splits: Splits | None = None) -> Path:
+    """Train ``cfg`` into ``run_dir`` (default ``out_dir/run_name``); with ``resume``, continue from ``last``."""
+    paths = RunPaths(run_dir or run_dir_for(cfg))
+    info = distributed.env_info()
+    if info.is_main:
+        check_writable(paths.root)
+        if not resume and paths.last.exists():
+            raise RunFileError(
+                f"run directory '{paths.root}' already holds a trained run; resume it with "
+                f"'latentbench train --resume {paths.root}', or choose another name (--set name=...) or --out"
+            )
+    trainer = Trainer(cfg, paths, splits)
+    started = time.time()
+    if resume:
+        if not paths.last.exists():
+            raise RunFileError(f"nothing to resume: '{paths.last}' does not exist")
+        trainer.restore(paths.last)
+        started = read_json(paths.info).get("started", started) if paths.info.exists() else started
+    if trainer.dist.is_main:
+        save_config(cfg, paths.config)
+        atomic_write_json(paths.info, _run_info(trainer, "running", started=started))
+    try:
+        reason = trainer.fit()
+    except TrainingInterrupted as err:
+        _finish(trainer, "interrupted", str(err), started)
+        raise
+    except TrainingDiverged as err:
+        _finish(trainer, "diverged", str(err), started)
+        raise
+    finally:
+        distributed.shutdown()
+    _finish(trainer, "finished", reason, started)
+    return paths.root
+
+
+def _finish(trainer: Trainer, status: str, reason: str, started: float) -> None:
+    if trainer.dist.is_main:
+        atomic_write_json(trainer.paths.info, _run_info(trainer, status, reason, started))
+        if status == "finished":
+            print(f"[{trainer.cfg.run_name()}] {reason}; {trainer.elapsed:.1f}s of training. "
+                  f"Run directory: {trainer.paths.root}", flush=True)
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The saved config of ``run_dir`` with optional overrides (e.g. more epochs)."""
+    from latentbench.config import apply_overrides, from_dict
+
+    paths = RunPaths(run_dir)
+    if not paths.config.exists():
+        raise RunFileError(f"'{run_dir}' is not a run directory (no config.json)")
+    cfg = load_saved_config(paths.config)
+    return from_dict(apply_overrides(cfg.to_dict(), list(overrides or []))) if overrides else cfg
