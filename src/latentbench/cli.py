@@ -54,9 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(run_dir, _common_overrides(args))
         train(cfg, run_dir=run_dir, resume=True)
         return 0
-    if not args.config:
-        raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
-    cfg = load_config(args.config, _common_overrides(args))
+    cfg = load_config(args.config, _common_overrides(args))  # no file: defaults + --set overrides
     train(cfg)
     return 0
 

@@ -287,15 +287,17 @@ def load_imagefolder(cfg: DataConfig) -> tuple[ImageData, ImageData, tuple[str, 
 def make_synthetic(n: int, classes: int, channels: int, size: int, seed: int) -> ImageData:
     """Class-structured images: a smooth random prototype per class, shifted, scaled and noised per image."""
     gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((classes, channels, 4, 4), generator=gen)
+    proto_gen = torch.Generator().manual_seed(1234)  # the same classes in the train and test splits
+    base = torch.rand((1, channels, 4, 4), generator=proto_gen)
+    coarse = 0.6 * base + 0.4 * torch.rand((classes, channels, 4, 4), generator=proto_gen)
     prototypes = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     y = torch.arange(n) % classes
     y = y[torch.randperm(n, generator=gen)]
-    shifts = torch.randint(-2, 3, (n, 2), generator=gen)
+    shifts = torch.randint(-3, 4, (n, 2), generator=gen)
     x = prototypes[y]
     x = torch.stack([torch.roll(img, shifts=(int(s[0]), int(s[1])), dims=(1, 2)) for img, s in zip(x, shifts)])
-    x = x * (0.8 + 0.4 * torch.rand((n, 1, 1, 1), generator=gen))
-    x = x + 0.08 * torch.randn(x.shape, generator=gen)
+    x = x * (0.7 + 0.6 * torch.rand((n, 1, 1, 1), generator=gen))
+    x = x + 0.15 * torch.randn(x.shape, generator=gen)
     return ImageData((x.clamp(0, 1) * 255).round().to(torch.uint8), y.long())
 
 

@@ -33,11 +33,11 @@ class Objective(nn.Module):
 
     monitor: str = "loss"  # validation stat to select on
     mode: str = "min"  # min | max
-    decoder: nn.Module | None = None
 
     def __init__(self, encoder: Encoder):
         super().__init__()
         self.encoder = encoder
+        self.decoder: nn.Module | None = None
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
