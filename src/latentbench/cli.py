@@ -8,16 +8,20 @@
     latentbench report runs/            (or a study folder)
     latentbench reproduce [--preset quick|paper|smoke] [--datasets mnist,cifar10] [--seeds N] [--out DIR]
 
-Errors a user can fix (bad config, missing data, broken run files) end with a one-paragraph message and
-exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be saved.
+Errors a user can fix (bad config, missing data, broken run files, a full disk) end with a one-paragraph
+message and exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be
+saved. LATENTBENCH_DEBUG=1 re-raises those errors with their traceback (for developers).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import textwrap
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from latentbench.config import ConfigError
@@ -71,14 +75,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    """Report every problem of a dataset without training: exit 0 when it would load, 2 when it would not."""
     from latentbench.config import load_config
-    from latentbench.data import load_splits
+    from latentbench.data import check_image_folder, image_folder_source
 
     overrides = _common_overrides(args) + ([f'data.name="{args.dataset}"'] if args.dataset else [])
     cfg = load_config(args.config, overrides)
+    source = image_folder_source(cfg.data)
+    errors, notes = check_image_folder(*source) if source else ([], [])
+    if not errors:
+        notes = _summarize_dataset(cfg.data, notes if source else None)
+    for note in notes:
+        print(f"  warning: {note}")
+    for error in errors:
+        print(f"  error: {error}")
+    if errors:
+        print(f"problems: {len(errors)} error(s) and {len(notes)} warning(s); training would stop at the first error")
+        return 2
+    print("problems: none" if not notes else f"problems: {len(notes)} warning(s) above; training would proceed")
+    return 0
+
+
+def _summarize_dataset(data_cfg, notes: list[str] | None) -> list[str]:
+    """Load the dataset, print its shape and split sizes; return the warnings (``notes`` when given)."""
+    from latentbench.data import load_splits
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        splits = load_splits(cfg.data)
+        splits = load_splits(data_cfg)
     spec = splits.spec
     print(f"dataset {spec.name}: images {spec.channels}x{spec.height}x{spec.width}, {spec.num_classes} classes "
           f"({', '.join(spec.class_names[:10])}{', ...' if spec.num_classes > 10 else ''})")
@@ -87,10 +111,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         counts = part.y.bincount(minlength=spec.num_classes).tolist()
         print(f"  {name:5s}: {len(part):6d} images; per class min {min(counts)}, max {max(counts)}")
     print(f"  mean {spec.mean}, std {spec.std}")
-    for w in caught:
-        print(f"  warning: {w.message}")
-    print("problems: none" if not caught else f"problems: {len(caught)} warning(s) above")
-    return 0
+    return notes if notes is not None else [str(w.message) for w in caught]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -170,12 +191,46 @@ def _say(message: str) -> None:
                         break_on_hyphens=False), file=sys.stderr)
 
 
+# OS errors a user can fix; any other OSError is a bug and keeps its traceback.
+_USER_OS_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error_message(err: OSError) -> str:
+    where = f" '{err.filename}'" if err.filename else ""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (f"the disk is full (writing{where}). Finished files were written atomically and are intact; "
+                "free some space (or choose another --out) and resume the run with --resume.")
+    return f"{err.strerror or err}{where}; check the path and its permissions, or choose another --out"
+
+
+@contextmanager
+def _plain_data_warnings():
+    """Print latentbench's data warnings as one plain line each, not Python's 'file:line: UserWarning'."""
+    from latentbench.data import DataWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"latentbench: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentbench.train import TrainingInterrupted
 
+    debug = os.environ.get("LATENTBENCH_DEBUG", "") not in ("", "0")
     try:
-        return args.fn(args)
+        with _plain_data_warnings():
+            return args.fn(args)
     except TrainingInterrupted as err:
         print(f"latentbench: {err}", file=sys.stderr)
         return 130
@@ -183,5 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         print("latentbench: interrupted; finished work is kept on disk.", file=sys.stderr)
         return 130
     except _user_errors() as err:
+        if debug:
+            raise
         _say(str(err))
+        return 2
+    except OSError as err:
+        if debug or err.errno not in _USER_OS_ERRORS:
+            raise
+        _say(_os_error_message(err))
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -190,6 +191,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
@@ -309,5 +312,14 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def load_saved_config(path: Path) -> RunConfig:
-    return from_dict(json.loads(Path(path).read_text()))
+    """A run directory's config.json; a damaged file gives an error naming it."""
+    from latentbench.io import read_json
+
+    tree = read_json(path)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"'{path}' does not hold a config (expected a JSON object)")
+    try:
+        return from_dict(tree)
+    except ConfigError as err:
+        raise ConfigError(f"'{path}': {err}") from None
 

@@ -34,6 +34,10 @@ class DataError(RuntimeError):
     """The data cannot be found or read; the message names the root searched and how to fix it."""
 
 
+class DataWarning(UserWarning):
+    """A data problem worked around (files ignored, skipped, converted or resized); the CLI prints it plainly."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What models and plots need to know about a dataset; models never test a dataset's name."""
@@ -114,31 +118,84 @@ def _list_class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _own_channels(data: torch.Tensor, raw: torch.Tensor) -> int:
+    """The file's own channels; a palette PNG counts as colour (torchvision shows it as one index plane)."""
+    if raw.shape[-3] == 1 and data.numel() > 25 and bytes(data[:8].tolist()) == _PNG_SIGNATURE and int(data[25]) == 3:
+        return 3
+    return int(raw.shape[-3])
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """16-bit images (PNG) scaled to 8 bits; uint8 unchanged."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image.to(torch.int64) * 255 + 32767).div(65535, rounding_mode="floor").to(torch.uint8)
+
+
+def _decode_pil(path: Path, channels: int) -> tuple[torch.Tensor, int]:
+    """PIL for the formats torchvision cannot decode (BMP, TIFF, PPM/PGM, ...)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        own = 3 if image.mode in ("P", "PA") else len(image.getbands())
+        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey: 16-bit range to 8 bits
+            scale = 257.0 if image.mode.startswith("I") else 1.0
+            values = np.asarray(image, dtype=np.float64) / scale
+            image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+        array = np.array(image.convert("L" if channels == 1 else "RGB"))
+    x = torch.from_numpy(array)
+    return (x[None] if x.dim() == 2 else x.permute(2, 0, 1)).contiguous(), own
+
+
 def _decode(path: Path, channels: int) -> tuple[torch.Tensor, int]:
-    """Decode one image file to uint8 (C, H, W) with ``channels`` channels; also return its own channels."""
+    """Decode one image file to uint8 (channels, H, W); also return the file's own channel count.
+
+    torchvision decodes JPEG/PNG/WebP/GIF; anything it cannot read goes through PIL (which also fails
+    on truncated files). Grey, grey+alpha, palette, RGBA and CMYK images are converted to ``channels``;
+    16-bit images are scaled to 8 bits; an animated GIF gives its first frame.
+    """
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    raw = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
-    own = raw.shape[0]
-    if own == channels:
-        return raw, own
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    return decode_image(read_file(str(path)), mode=mode), own
+    data = read_file(str(path))
+    try:
+        raw = decode_image(data, mode=ImageReadMode.UNCHANGED)
+    except RuntimeError:
+        return _decode_pil(path, channels)
+    own = _own_channels(data, raw)
+    if own != channels:
+        raw = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    if raw.dim() == 4:
+        raw = raw[0]
+    return _to_uint8(raw), own
 
 
 def _infer_channels(files: list[Path]) -> int:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
+    """1 when the first readable images are grey (with or without alpha), else 3."""
     for path in files[:50]:
         try:
-            raw = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+            own = _decode(path, 3)[1]
         except Exception:  # noqa: BLE001 - unreadable files are reported by the full pass
             continue
-        return 1 if raw.shape[0] in (1, 2) else 3
+        return 1 if own in (1, 2) else 3
     return 3
 
 
-def _scan_split(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[int], list[Path]]:
+def _empty_class(folder: Path) -> str:
+    return (f"class folder '{folder}' holds no images (extensions {', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "remove the folder or add images to it")
+
+
+def _scan_split(split_dir: Path, classes: list[str], errors: list[str] | None = None
+                ) -> tuple[list[Path], list[int], list[Path]]:
+    """Image files, their labels and the non-image files under ``split_dir/<class>/``.
+
+    An empty class folder raises :class:`DataError`, or is appended to ``errors`` when a list is given.
+    """
     files, labels, ignored = [], [], []
     for label, cls in enumerate(classes):
         folder = split_dir / cls
@@ -146,10 +203,9 @@ def _scan_split(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[i
         images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         ignored += [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not images:
-            raise DataError(
-                f"class folder '{folder}' holds no images (extensions {', '.join(sorted(IMAGE_SUFFIXES))}); "
-                "remove the folder or add images to it"
-            )
+            if errors is None:
+                raise DataError(_empty_class(folder))
+            errors.append(_empty_class(folder))
         files += images
         labels += [label] * len(images)
     return files, labels, ignored
@@ -160,43 +216,68 @@ def _few(paths: list[Path], n: int = 5) -> str:
     return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
+@dataclass
+class _Decoded:
+    x: torch.Tensor  # uint8 (N, C, size, size); rows of bad files are left empty
+    keep: torch.Tensor  # bool (N,): False for unreadable files
+    bad: list[Path]
+    converted: list[Path]
+    resized: list[Path]
+
+
+def _decode_files(files: list[Path], channels: int, size: int) -> _Decoded:
+    out = _Decoded(torch.empty((len(files), channels, size, size), dtype=torch.uint8),
+                   torch.ones(len(files), dtype=torch.bool), [], [], [])
+    for i, path in enumerate(files):
+        try:
+            image, own = _decode(path, channels)
+        except Exception:  # noqa: BLE001 - truncated/corrupt files of any kind
+            out.bad.append(path)
+            out.keep[i] = False
+            continue
+        if own != channels:
+            out.converted.append(path)
+        if image.shape[1:] != (size, size):
+            out.resized.append(path)
+            image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        out.x[i] = image
+    return out
+
+
+def _bad_images(split_dir: Path, bad: list[Path]) -> str:
+    return (f"{len(bad)} image file(s) under '{split_dir}' are truncated or unreadable: {_few(bad)}. "
+            "Fix or delete them, or set data.skip_bad_images = true to skip them.")
+
+
+def _notes(split_dir: Path, ignored: list[Path], done: _Decoded, channels: int, size: int) -> list[str]:
+    """Warnings for what loading works around: non-image files, channel conversion, resizing."""
+    notes = []
+    if ignored:
+        notes.append(f"ignoring {len(ignored)} non-image file(s) under '{split_dir}': {_few(ignored)}")
+    if done.converted:
+        notes.append(f"converted {len(done.converted)} image(s) under '{split_dir}' to {channels} channel(s): "
+                     f"{_few(done.converted)}")
+    if done.resized:
+        notes.append(f"resized {len(done.resized)} image(s) under '{split_dir}' to {size}x{size} pixels: "
+                     f"{_few(done.resized)}")
+    return notes
+
+
 def decode_folder(
     split_dir: Path, classes: list[str], channels: int, size: int, skip_bad: bool = False
 ) -> ImageData:
     """Decode every image under ``split_dir/<class>/`` into one uint8 tensor, resized to ``size``."""
     files, labels, ignored = _scan_split(split_dir, classes)
-    if ignored:
-        warnings.warn(f"ignoring {len(ignored)} non-image file(s) under '{split_dir}': {_few(ignored)}", stacklevel=2)
-    x = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
-    keep = torch.ones(len(files), dtype=torch.bool)
-    bad, converted = [], []
-    for i, path in enumerate(files):
-        try:
-            image, own = _decode(path, channels)
-        except Exception:  # noqa: BLE001 - truncated/corrupt files of any kind
-            bad.append(path)
-            keep[i] = False
-            continue
-        if own != channels:
-            converted.append(path)
-        if image.shape[1:] != (size, size):
-            image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        x[i] = image
-    if bad and not skip_bad:
-        raise DataError(
-            f"{len(bad)} image file(s) under '{split_dir}' are truncated or unreadable: {_few(bad)}. "
-            "Fix or delete them, or set data.skip_bad_images = true to skip them."
-        )
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s): {_few(bad)}", stacklevel=2)
-    if converted:
-        warnings.warn(
-            f"converted {len(converted)} image(s) under '{split_dir}' to {channels} channel(s): {_few(converted)}",
-            stacklevel=2,
-        )
+    done = _decode_files(files, channels, size)
+    if done.bad and not skip_bad:
+        raise DataError(_bad_images(split_dir, done.bad))
+    if done.bad:
+        warnings.warn(f"skipped {len(done.bad)} unreadable image(s): {_few(done.bad)}", DataWarning, stacklevel=2)
+    for note in _notes(split_dir, ignored, done, channels, size):
+        warnings.warn(note, DataWarning, stacklevel=2)
     y = torch.tensor(labels, dtype=torch.int64)
-    return ImageData(x[keep], y[keep])
+    return ImageData(done.x[done.keep], y[done.keep])
 
 
 def _folder_classes(root: Path) -> list[str]:
@@ -205,27 +286,66 @@ def _folder_classes(root: Path) -> list[str]:
     if not train_classes:
         raise DataError(f"'{root / 'train'}' has no class folders; expected train/<class>/<image files>")
     if train_classes != test_classes:
-        only_train = sorted(set(train_classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(train_classes))
-        raise DataError(
-            f"class folders differ between '{root / 'train'}' and '{root / 'test'}' "
-            f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
-            "both splits must hold the same class folders"
-        )
+        raise DataError(_class_mismatch(root, train_classes, test_classes))
     return train_classes
+
+
+def _class_mismatch(root: Path, train_classes: list[str], test_classes: list[str]) -> str:
+    only_train = sorted(set(train_classes) - set(test_classes))
+    only_test = sorted(set(test_classes) - set(train_classes))
+    return (f"class folders differ between '{root / 'train'}' and '{root / 'test'}' "
+            f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
+            "both splits must hold the same class folders")
+
+
+_FOLDER_LAYOUT = "<root>/train/<class>/<images> and <root>/test/<class>/<images>"
+
+
+def check_image_folder(root: Path, channels: int = 0, size: int = 0) -> tuple[list[str], list[str]]:
+    """Every problem of an image-folder dataset, without stopping at the first: ``(errors, warnings)``.
+
+    Errors are what would stop training (missing split, class folders that differ or are empty,
+    unreadable images); warnings are what loading works around. Used by ``latentbench check-data``.
+    """
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        return [str(_missing("image folder", root, _FOLDER_LAYOUT, online_hint=False))], []
+    errors: list[str] = []
+    notes: list[str] = []
+    splits = {name: _list_class_folders(root / name) for name in ("train", "test")}
+    if not splits["train"]:
+        errors.append(f"'{root / 'train'}' has no class folders; expected train/<class>/<image files>")
+    if splits["train"] != splits["test"]:
+        errors.append(_class_mismatch(root, splits["train"], splits["test"]))
+    scanned = {name: _scan_split(root / name, classes, errors) for name, classes in splits.items()}
+    channels = channels or _infer_channels(scanned["train"][0])
+    size = size or _first_size(scanned["train"][0], channels)
+    for name, (files, _, ignored) in scanned.items():
+        done = _decode_files(files, channels, size)
+        if done.bad:
+            errors.append(_bad_images(root / name, done.bad))
+        notes += _notes(root / name, ignored, done, channels, size)
+    return errors, notes
+
+
+def _first_size(files: list[Path], channels: int) -> int:
+    """Side of the first readable image (the size every image is resized to when data.image_size = 0)."""
+    for path in files:
+        try:
+            return int(_decode(path, channels)[0].shape[1])
+        except Exception:  # noqa: BLE001 - reported by the full pass
+            continue
+    return 1
 
 
 def load_image_folder(root: Path, channels: int, size: int, skip_bad: bool) -> tuple[ImageData, ImageData, list[str]]:
     if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise _missing("image folder", root, "<root>/train/<class>/<images> and <root>/test/<class>/<images>",
-                       online_hint=False)
+        raise _missing("image folder", root, _FOLDER_LAYOUT, online_hint=False)
     classes = _folder_classes(root)
     train_files = _scan_split(root / "train", classes)[0]
     if channels <= 0:
         channels = _infer_channels(train_files)
     if size <= 0:
-        first = _decode(train_files[0], channels)[0]
-        size = int(first.shape[1])
+        size = _first_size(train_files, channels)
     train = decode_folder(root / "train", classes, channels, size, skip_bad)
     test = decode_folder(root / "test", classes, channels, size, skip_bad)
     return train, test, classes
@@ -282,6 +402,16 @@ def load_imagefolder(cfg: DataConfig) -> tuple[ImageData, ImageData, tuple[str, 
                         "train/<class>/ and test/<class>/ image folders")
     train, test, classes = load_image_folder(resolve_root(cfg.root), cfg.channels, cfg.image_size, cfg.skip_bad_images)
     return train, test, tuple(classes)
+
+
+def image_folder_source(cfg: DataConfig) -> tuple[Path, int, int] | None:
+    """``(root, channels, size)`` when ``cfg`` reads an image folder (imagefolder, the CIFAR-10 JPEG copy)."""
+    if cfg.name == "imagefolder" and cfg.root:
+        return resolve_root(cfg.root), cfg.channels, cfg.image_size
+    jpeg = resolve_root(cfg.root) / "cifar10-jpeg"
+    if cfg.name == "cifar10" and (jpeg / "train").is_dir() and (jpeg / "test").is_dir():
+        return jpeg, 3, 32
+    return None
 
 
 def make_synthetic(n: int, classes: int, channels: int, size: int, seed: int) -> ImageData:
@@ -373,6 +503,8 @@ class BatchLoader:
                  rank: int = 0, world_size: int = 1, channels_last: bool = False):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} must be divisible by the number of ranks {world_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("a batch loader sharded over ranks needs drop_last=True (equal shards on every rank)")
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.channels_last = seed, rank, world_size, channels_last
         self.epoch, self.start_batch = 0, 0

@@ -1,17 +1,36 @@
-"""torchrun / DistributedDataParallel plumbing: process-group setup, rank queries, differentiable gather.
+"""torchrun / DistributedDataParallel plumbing: process-group setup, rank queries, differentiable collectives.
 
-Started with ``torchrun --nproc_per_node=N -m latentbench train CONFIG``, every process reads RANK,
-WORLD_SIZE and LOCAL_RANK from the environment; a plain ``latentbench train`` is a world of one and
-none of this does anything. NCCL is used on GPUs, gloo on CPU.
+    torchrun --standalone --nproc_per_node=2 -m latentbench train configs/cifar10_contrastive.toml
+
+Started by torchrun, every process reads RANK, WORLD_SIZE and LOCAL_RANK from the environment and joins
+one process group: NCCL on GPUs, gloo on CPU. A plain ``latentbench train`` is a world of one and none
+of this does anything. What lives here:
+
+* :func:`init` / :func:`shutdown` - join the group torchrun described; tear down only a group we made.
+* :func:`gather_with_grad` - every rank's ``(N, D)`` tensor concatenated in rank order, with gradients
+  flowing back to each rank's part (SimCLR's global-batch negatives).
+* :func:`convert_sync_batchnorm` - BatchNorm statistics over the global batch: PyTorch's
+  ``nn.SyncBatchNorm`` on GPUs, :class:`CPUSyncBatchNorm` on CPU (``nn.SyncBatchNorm`` rejects CPU
+  tensors in torch 2.x: "SyncBatchNorm expected input tensor to be on GPU or XPU").
+* :func:`all_reduce_mean`, :func:`broadcast_stats`, :func:`broadcast_flag`, :func:`barrier` - small
+  non-differentiable collectives for logging and for decisions every rank must share.
+
+Differentiable collectives use ``torch.distributed._functional_collectives``: torch 2.14 deprecates
+``torch.distributed.nn.functional`` (a FutureWarning on every call) and names these as the replacement;
+they carry autograd (all_gather -> reduce_scatter, all_reduce(sum) -> all_reduce(sum)) on NCCL and gloo
+and work under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -29,41 +48,166 @@ class DistInfo:
         return self.rank == 0
 
 
+_OWNED_GROUP = False  # True when init() created the process group (so shutdown() may destroy it)
+
+
 def env_info() -> DistInfo:
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    """This process's place in the run: from torchrun's environment, else the live process group."""
+    if "WORLD_SIZE" in os.environ:
+        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]),
+                        int(os.environ.get("LOCAL_RANK", 0)))
+    if is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), dist.get_rank())
+    return DistInfo()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def init(device: torch.device) -> DistInfo:
-    """Join the process group torchrun set up (no-op for a single process)."""
+    """Join the process group torchrun set up (no-op for a single process or an existing group).
+
+    On CUDA, ``device`` must already be this rank's GPU (``cuda:LOCAL_RANK``); passing it as
+    ``device_id`` binds the NCCL communicator to it, as the torch.distributed docs recommend.
+    """
+    global _OWNED_GROUP
     info = env_info()
-    if info.enabled and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+    if info.enabled and not is_initialized():
+        if not dist.is_available():
+            raise ValueError("this PyTorch build has no torch.distributed; run without torchrun")
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend_for(device), **kwargs)
+        _OWNED_GROUP = True
     return info
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def shutdown(clean: bool = True) -> None:
+    """Destroy the process group if :func:`init` created it; ``clean``: wait for every rank first.
+
+    After an error on some ranks a barrier could wait forever, so it is skipped; torchrun then ends
+    the remaining workers.
+    """
+    global _OWNED_GROUP
+    if _OWNED_GROUP and is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+    _OWNED_GROUP = False
 
 
+# ------------------------------------------------------------------------------ differentiable collectives
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (N, D) from every rank in rank order; gradients flow back to each rank's part."""
-    from torch.distributed.nn.functional import all_gather
+    """Concatenate ``t`` (N, D) from every rank in rank order -> (world*N, D); gradients flow back.
 
-    return torch.cat(all_gather(t), dim=0)
+    Backward sums, over ranks, the gradient each rank's loss sends to each part (a reduce-scatter), so
+    with DDP's gradient averaging the update equals that of the mean loss over the global batch.
+    """
+    import torch.distributed._functional_collectives as funcol
+
+    out = funcol.all_gather_single_autograd(t.contiguous(), 0, dist.group.WORLD)
+    return out.wait() if hasattr(out, "wait") else out
 
 
+def _all_reduce_sum_with_grad(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed._functional_collectives as funcol
+
+    out = funcol.all_reduce(t.contiguous(), "sum", dist.group.WORLD)
+    return out.wait() if hasattr(out, "wait") else out
+
+
+# ------------------------------------------------------------------------------------- batch norm
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics span every rank's batch, for CPU (gloo) runs.
+
+    Same parameters and buffers as ``BatchNorm{1,2,3}d``, so its state dict loads into the plain
+    model. In training it all-reduces per-channel sums (two passes: mean, then centred squares, for
+    accuracy), normalises with the biased global variance and updates the running statistics with the
+    unbiased one, like ``nn.SyncBatchNorm``. Gradients flow through the all-reduces. Evaluation, or a
+    world of one, is ordinary BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not (self.training and is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_count = x.new_full((1,), x.numel() // x.shape[1])
+        sums = _all_reduce_sum_with_grad(torch.cat([x.sum(dims), local_count]))  # (C + 1,)
+        count = float(sums[-1].detach())
+        mean = sums[:-1] / count
+        centred = x - mean.view(shape)
+        var = _all_reduce_sum_with_grad(centred.pow(2).sum(dims)) / count
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / max(count - 1, 1), factor)
+        return y
+
+
+def _to_cpu_sync(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight, out.bias = module.weight, module.bias
+        if module.track_running_stats:
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_cpu_sync(child))
+    return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer of ``module`` made to use global-batch statistics (in place where possible)."""
+    if device.type == "cpu":
+        return _to_cpu_sync(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def use_sync_batchnorm(setting: str, objective: str, device: torch.device, world_size: int) -> bool:
+    """``on`` / ``off`` as set; ``auto``: on for the contrastive objective across several GPUs.
+
+    SimCLR normalises over the global batch so a rank cannot tell its own views apart by their local
+    batch statistics; on CPU, ``auto`` stays off (each sync is a gloo round trip per BN layer).
+    """
+    if world_size <= 1 or setting == "off":
+        return False
+    return setting == "on" or (objective == "contrastive" and device.type == "cuda")
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+# --------------------------------------------------------------------------------- plain collectives
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over ranks (identity for one process)."""
-    if dist.is_available() and dist.is_initialized():
-        t = t.clone()
+    """Average a tensor over ranks (identity for one process); not differentiable."""
+    if is_initialized():
+        t = t.detach().clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
@@ -71,8 +215,36 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """Rank 0's decision, made known to every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return flag
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_stats(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Rank 0's values of ``stats`` (same keys on every rank), so every rank logs and decides alike."""
+    if not is_initialized() or not stats:
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    values = dict(zip(keys, t.tolist()))
+    return {k: values[k] for k in stats}
+
+
+@contextmanager
+def local_only(objective: nn.Module) -> Iterator[None]:
+    """Within the block, the contrastive objective contrasts within this rank's batch (no gather).
+
+    Validation runs the full validation set on every rank; gathering identical batches from every
+    rank would put each image's copies among its negatives.
+    """
+    gather = getattr(objective, "gather", None)
+    if gather is not None:
+        objective.gather = None
+    try:
+        yield
+    finally:
+        if gather is not None:
+            objective.gather = gather

@@ -6,8 +6,10 @@ kill at any moment leaves the previous version of the file intact and loadable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,51 @@ class RunFileError(RuntimeError):
     """A run-directory file is missing, unreadable or corrupt; the message names the file."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give; mkstemp alone makes files private (0600)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _write_failed(path: Path, err: OSError) -> RunFileError:
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason = "the disk is full"
+    return RunFileError(
+        f"could not write '{path}': {reason}. The previous version of the file, if any, is untouched. "
+        "Free some space (or choose another --out) and resume the run (latentbench train --resume RUN_DIR)."
+    )
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write to a temp file in the same folder, flush + fsync it, then rename it over ``path``.
+
+    Any failure (disk full, Ctrl-C, kill) leaves ``path`` as it was; OSErrors become a RunFileError that
+    names the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _FILE_MODE)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_failed(path, err) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -76,6 +111,13 @@ def safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        found = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line][:1]
+        if found:  # a well-formed pickle that names a class or function: refuse, never unpickle it
+            raise RunFileError(
+                f"'{path}' holds Python objects besides tensors and plain data ({found[0]}); "
+                "latentbench loads files with torch.load(weights_only=True) and never unpickles arbitrary "
+                "objects. It was not written by latentbench; do not load it unless you trust its source."
+            ) from None
         raise RunFileError(
             f"'{path}' is corrupt or truncated and cannot be loaded ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Delete it, or resume from another "
@@ -91,6 +133,24 @@ def read_json(path: Path) -> Any:
         raise RunFileError(f"'{path}' does not exist") from None
     except json.JSONDecodeError as err:
         raise RunFileError(f"'{path}' is not valid JSON ({err}); delete it and re-run the stage") from None
+
+
+def remove_stale_temp(path: Path) -> None:
+    """Delete temp files that a killed process left while writing ``path`` atomically."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Fail before any work when the disk holding ``folder`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise RunFileError(
+            f"only {free / 2**20:.1f} MiB are free on the disk holding '{folder}', but {what} need about "
+            f"{needed / 2**20:.1f} MiB; free some space or choose another --out"
+        )
 
 
 def check_writable(folder: Path) -> None:

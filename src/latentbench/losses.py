@@ -34,17 +34,19 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
 
     ``gather``: an optional function ``(N, D) -> (world*N, D)`` that concatenates every rank's
     projections (with gradients), and ``rank`` this process's index in it; the local anchors are then
-    contrasted with the global batch, as SimCLR does at scale.
+    contrasted with the global batch, as SimCLR does at scale. The mean of the ranks' losses equals
+    the one-process loss on the concatenated batch, and with DDP's gradient averaging so does the
+    update (tested in tests/test_distributed.py). Similarities are computed in float32 even under AMP.
     """
-    z = F.normalize(torch.cat([p1, p2]), dim=1)  # (2N, D): local anchors
+    z = F.normalize(torch.cat([p1, p2]).float(), dim=1)  # (2N, D): local anchors, float32 even under AMP
     n = p1.shape[0]
     if gather is None:
         keys, offset, world_n = z, 0, n
     else:
-        g1, g2 = gather(F.normalize(p1, dim=1)), gather(F.normalize(p2, dim=1))
+        g1, g2 = gather(z[:n]), gather(z[n:])  # (M, D) each, M = world*N, rank order
         world_n = g1.shape[0]
         offset = rank * n
-        keys = torch.cat([g1, g2])  # (2M, D), M = world*N
+        keys = torch.cat([g1, g2])  # (2M, D): every rank's views; this rank's rows sit at offset
     logits = z @ keys.T / temperature  # (2N, 2M)
     local = torch.arange(n, device=z.device)
     self_index = torch.cat([local + offset, local + offset + world_n])

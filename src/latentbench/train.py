@@ -22,10 +22,12 @@ import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,10 @@ from torch import nn
 
 import latentbench
 from latentbench import distributed
-from latentbench.config import RunConfig, load_saved_config, save_config
+from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
-from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_writable,
-                            read_json, safe_torch_load)
+from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_free_space,
+                            check_writable, read_json, remove_stale_temp, safe_torch_load)
 from latentbench.objectives import Objective, build_objective
 
 
@@ -78,14 +80,19 @@ def configure_threads(threads: int, world_size: int = 1) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch (CPU and every GPU), and set *or clear* torch's deterministic flags.
+
+    Clearing matters when several runs share one process (a study, the tests): a deterministic run must
+    not leave the flags on for the next one.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def rng_state() -> dict[str, Any]:
@@ -114,14 +121,28 @@ def _as_tuples(obj: Any) -> Any:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype; never on CPU (bfloat16 is emulated there and hundreds of times slower)."""
+    """Autocast dtype for ``train.amp``; None = float32.
+
+    Never on CPU, whatever the setting: CPU autocast speeds up little on most CPUs and changes the
+    numerics. On CUDA, ``auto`` is bfloat16 where the GPU computes it natively (compute capability 8.0+,
+    checked with ``including_emulation=False``; older GPUs would emulate it) and float32 elsewhere;
+    ``fp16`` is float16 with a gradient scaler. Call it after ``torch.cuda.set_device``.
+    """
     if device.type != "cuda" or setting == "off":
         return None
     if setting == "fp16":
         return torch.float16
-    if setting == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if setting == "bf16" and not native_bf16:
+        raise ConfigError(f"train.amp = 'bf16' but {torch.cuda.get_device_name(device)} has no native bfloat16 "
+                          "(needs compute capability 8.0 or newer); use train.amp = 'fp16' or 'off'")
+    return torch.bfloat16 if native_bf16 else None
+
+
+def configure_cuda(deterministic: bool) -> None:
+    """Fast CUDA defaults: cuDNN autotuning (fixed shapes) and TF32 matmuls, unless deterministic."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.set_float32_matmul_precision("highest" if deterministic else "high")
 
 
 def git_revision() -> str:
@@ -223,13 +244,46 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
-def load_objective_weights(objective: nn.Module, checkpoint: Path) -> dict[str, Any]:
-    state = safe_torch_load(checkpoint)
+def load_objective_weights(objective: nn.Module, checkpoint: Path, state: dict[str, Any] | None = None
+                           ) -> dict[str, Any]:
+    """Load ``checkpoint``'s weights into ``objective`` (``state``: the file's already-loaded contents)."""
+    state = safe_torch_load(checkpoint) if state is None else state
     try:
         objective.load_state_dict(state["objective"])
-    except (KeyError, RuntimeError) as err:
+    except (KeyError, RuntimeError, TypeError) as err:
         raise RunFileError(f"'{checkpoint}' does not match this run's model ({str(err).splitlines()[0]})") from None
     return state
+
+
+# Keys a resumed run may change: where and how it runs, how long, and evaluation. Any other change (data,
+# model, objective, optimizer, seed) would make the continuation a different experiment.
+RESUME_MAY_CHANGE = {"name", "out_dir", "data.root", "data.download", "train.epochs", "train.max_steps",
+                     "train.patience", "train.device", "train.threads", "train.log_every", "train.compile",
+                     "train.amp", "train.sync_batchnorm", "train.deterministic"}
+SCHEDULE_LENGTH_KEYS = ("train.epochs", "train.max_steps")  # a cosine/one-cycle schedule is laid out over these
+
+
+def check_resume_config(saved: dict[str, Any], cfg: RunConfig, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` (trained with config ``saved``) under a config that changes the experiment."""
+    old, new = flatten(saved), flatten(cfg.to_dict())
+    changed = sorted(k for k in new if k in old and old[k] != new[k])
+    fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("eval.")]
+    if fixed:
+        what = "; ".join(f"{k} = {new[k]!r} (trained with {old[k]!r})" for k in fixed)
+        raise ConfigError(
+            f"cannot resume from '{checkpoint}' with a changed config: {what}. A resumed run continues the same "
+            "experiment; only train.epochs, train.max_steps, train.patience, device/thread/precision settings and "
+            "eval.* may change. Start a new run for a different setting (--set name=NEW_NAME)."
+        )
+    length = [k for k in changed if k in SCHEDULE_LENGTH_KEYS]
+    if length and cfg.train.schedule != "constant":
+        what = ", ".join(f"{k} from {old[k]!r} to {new[k]!r}" for k in length)
+        raise ConfigError(
+            f"cannot change {what} when resuming from '{checkpoint}': its '{cfg.train.schedule}' learning-rate "
+            "schedule is laid out over the original number of steps, so a longer run would not follow the "
+            "schedule it started with. Resume with the original value, or start a new run with the longer budget "
+            "(train.schedule = 'constant' runs may be extended)."
+        )
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -248,24 +302,32 @@ class Trainer:
             self.device = torch.device("cuda", distributed.env_info().local_rank)
             torch.cuda.set_device(self.device)
         self.dist = distributed.init(self.device)
+        if self.device.type == "cuda":
+            configure_cuda(t.deterministic)
         self.threads = configure_threads(t.threads, self.dist.world_size if self.device.type == "cpu" else 1)
         seed_everything(t.seed + self.dist.rank, t.deterministic)
         self.splits = self.splits or load_splits(self.cfg.data)
         self.spec = self.splits.spec
         if t.batch_size > len(self.splits.train):
-            raise ValueError(f"train.batch_size = {t.batch_size} is larger than the {len(self.splits.train)} "
-                             "training images; lower it")
+            raise ConfigError(f"train.batch_size = {t.batch_size} is larger than the {len(self.splits.train)} "
+                              "training images; lower it")
         self.objective: Objective = build_objective(self.spec, self.cfg).to(self.device)
         self.conv = self.cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in self.objective.modules())
         if self.conv:
             self.objective = self.objective.to(memory_format=torch.channels_last)
         self.step_module: nn.Module = self._wrap(self.objective)
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size = {t.batch_size} is the global batch and must split evenly over the "
+                              f"{self.dist.world_size} processes; choose a multiple of {self.dist.world_size}")
+        # The whole split moves to the device once, as uint8; batches are then indexed on the device, so
+        # the loop makes no host-to-device copies. For such a one-off copy a plain .to() is right: staging
+        # it through pin_memory() first costs an extra host copy (PyTorch's pin_memory/non_blocking guide).
         self.train_data = self.splits.train.to(self.device)
         self.val_data = self.splits.val.to(self.device)
         self.loader = BatchLoader(self.train_data, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
                                   rank=self.dist.rank, world_size=self.dist.world_size, channels_last=self.conv)
         if len(self.loader) == 0:
-            raise ValueError(f"train.batch_size = {t.batch_size} leaves no full batch; lower it")
+            raise ConfigError(f"train.batch_size = {t.batch_size} leaves no full batch; lower it")
         self.optimizer = make_optimizer(self.objective.parameters(), self.cfg, self.device)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
         monitor = t.monitor if t.monitor != "auto" else self.objective.monitor
@@ -278,23 +340,35 @@ class Trainer:
         self.partial: dict[str, float] = {}  # running train sums of an interrupted epoch
         self._sums: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
+        self._interrupt_requested = False  # set by the first Ctrl-C; acted on at the next step boundary
+        self._in_step = False  # a step is in flight: BatchNorm buffers, RNGs or weights may be half-way
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
 
     # -- setup -------------------------------------------------------------------------------------
     def _wrap(self, objective: Objective) -> nn.Module:
+        """DDP around the objective under torchrun (global-batch BN and NT-Xent negatives), then compile.
+
+        BatchNorm layers are converted in place, so ``self.objective`` (what checkpoints save and
+        validation runs) shares every parameter and buffer with the wrapped module. DDP broadcasts rank
+        0's weights at construction (ranks were seeded differently) and averages gradients, so every
+        rank holds identical weights after every step.
+        """
         module: nn.Module = objective
+        t = self.cfg.train
+        self.sync_bn = (distributed.use_sync_batchnorm(t.sync_batchnorm, self.cfg.objective.name, self.device,
+                                                       self.dist.world_size)
+                        and distributed.has_batchnorm(objective))
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            sync = self.cfg.train.sync_batchnorm
-            if sync == "on" or (sync == "auto" and self.cfg.objective.name == "contrastive"
-                                and self.device.type == "cuda"):
-                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            if self.cfg.objective.name == "contrastive":
+            if self.sync_bn:
+                module = distributed.convert_sync_batchnorm(module, self.device)
+            if hasattr(objective, "gather"):
                 objective.gather, objective.rank = distributed.gather_with_grad, self.dist.rank
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids)
-        if self.cfg.train.compile:
-            module = torch.compile(module)
+        if t.compile:
+            module = torch.compile(module)  # after DDP, so DDP's optimizer splits graphs at bucket boundaries
         return module
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -326,17 +400,44 @@ class Trainer:
                                                 "value": self.early.best, "config": self.cfg.to_dict()})
 
     def restore(self, path: Path) -> None:
-        state = load_objective_weights(self.objective, path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        es = state["early_stopping"]
-        self.early.best, self.early.best_epoch, self.early.bad_epochs = es["best"], es["best_epoch"], es["bad_epochs"]
-        self.partial = dict(state.get("partial", {}))
-        self.history = list(state["history"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        set_rng_state(state["rng"])
+        """Continue exactly where the checkpoint ``path`` (a ``last.pt``) left off."""
+        state = safe_torch_load(path)
+        if not isinstance(state, dict) or "optimizer" not in state:
+            raise RunFileError(f"'{path}' is not a full training checkpoint (it holds no optimizer state); "
+                               "a run can only be resumed from its checkpoints/last.pt")
+        if "config" in state:
+            check_resume_config(state["config"], self.cfg, path)
+        load_objective_weights(self.objective, path, state)
+        try:
+            self._restore_optimizer(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+            es = state["early_stopping"]
+            self.early.best, self.early.best_epoch, self.early.bad_epochs = es["best"], es["best_epoch"], es["bad_epochs"]
+            self.partial = dict(state.get("partial", {}))
+            self.history = list(state["history"])
+            self.elapsed = float(state.get("elapsed", 0.0))
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise RunFileError(f"'{path}' is damaged or from an incompatible version ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+
+    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
+        """Load optimizer state saved on any device; keep *this* device's kernel choice (fused/foreach).
+
+        ``load_state_dict`` copies the saving machine's flags: a GPU checkpoint says ``fused=True``, which a
+        CPU or older build may not support, and its ``step`` counters must sit where the kernels expect them.
+        """
+        flags = [{k: g.get(k) for k in ("fused", "foreach", "capturable")} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, own in zip(self.optimizer.param_groups, flags):
+            group.update(own)
+            on_device = bool(own["fused"] or own["capturable"])
+            for param in group["params"]:
+                step = self.optimizer.state.get(param, {}).get("step")
+                if torch.is_tensor(step):
+                    self.optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu", torch.float32)
 
     # -- loop --------------------------------------------------------------------------------------
     def _autocast(self):
@@ -344,22 +445,36 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step} (batch "
-                f"{self.batch_in_epoch} of the epoch); stopped. The last good checkpoint is kept in "
-                f"'{self.paths.last}'. Lower train.lr or check the data."
-            )
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss is NaN/inf, on the device (no GPU sync every step)."""
+        ok = torch.isfinite(loss.detach()) | (self._bad_step >= 0)
+        self._bad_step = torch.where(ok, self._bad_step, self.step)
+
+    def _raise_if_diverged(self) -> None:
+        """Stop on a non-finite loss of a completed step; checked before anything is saved."""
+        bad = int(self._bad_step)
+        if not 0 <= bad < self.step:
+            return
+        first_in_epoch = self.step - self.batch_in_epoch
+        kept = (f"The last good checkpoint '{self.paths.last}' is kept unchanged." if self.paths.last.exists()
+                else "No checkpoint had been saved yet.")
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite at epoch {self.epoch + 1}, step {bad + 1} (batch "
+            f"{bad - first_in_epoch + 1} of {len(self.loader)} in the epoch); training stopped. {kept} Lower "
+            f"train.lr (now {self.cfg.train.lr:g}) or check the data, and start a new run."
+        )
 
     def train_epoch(self, progress) -> dict[str, float]:
+        """One epoch from ``batch_in_epoch`` on; a Ctrl-C takes effect between steps (see :meth:`fit`)."""
         self.step_module.train()
         sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
+        self._sums = sums  # a Ctrl-C before the first step keeps the restored partial sums
         self.loader.set_epoch(self.epoch, self.batch_in_epoch)
         for batch in self.loader:
+            self._in_step = True
             with self._autocast():
                 loss, stats = self.step_module(batch)
-            self._check_finite(loss)
+            self._watch_loss(loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -371,32 +486,44 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             self.partial, self._sums = {}, sums
+            self._in_step = False
             progress.update(1)
             if self.step % self.cfg.train.log_every == 0:
+                self._raise_if_diverged()
                 progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
+            if self._interrupt_requested:
+                raise KeyboardInterrupt  # at a step boundary: everything is consistent
+        self._raise_if_diverged()
         self._sums = {}
         n = float(sums.pop("_n", torch.tensor(1.0)))
         return {f"train_{k}": float(distributed.all_reduce_mean(v)) / n for k, v in sums.items()}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Statistics over the whole validation split, identical on every rank.
+
+        Under torchrun every rank evaluates the full split with its own (identical, DDP-synchronised)
+        weights and without gathering across ranks, so the numbers equal a one-process run's; rank 0's
+        values are then broadcast so early stopping and ``best`` decisions cannot diverge.
+        """
         self.objective.eval()
         loader = BatchLoader(self.val_data, self.cfg.eval.batch_size, shuffle=False, drop_last=False,
                              channels_last=self.conv)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         count = 0
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # fixed views for contrastive validation
-            torch.manual_seed(12345)
+        with torch.random.fork_rng(devices=devices), distributed.local_only(self.objective):
+            torch.manual_seed(12345)  # fixed views for contrastive validation
             for x, y in loader:
                 with self._autocast():
                     _, stats = self.objective((x, y))
                 for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
+                    totals[k] = totals.get(k, 0.0) + v.float() * x.shape[0]
                 count += x.shape[0]
-        return {f"val_{k}": v / count for k, v in totals.items()}
+        stats = {f"val_{k}": float(v) / count for k, v in totals.items()}
+        return distributed.broadcast_stats(stats, self.device)
 
     def _stop_reason(self) -> str | None:
         t = self.cfg.train
@@ -414,28 +541,73 @@ class Trainer:
         from tqdm import tqdm
 
         quiet = not sys.stderr.isatty() or not self.dist.is_main
-        reason = self._stop_reason()
-        while reason is None:
-            start = time.perf_counter()
-            desc = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}"
-            with tqdm(total=len(self.loader), initial=self.batch_in_epoch, desc=desc, disable=quiet,
-                      leave=False, dynamic_ncols=True) as progress:
-                try:
-                    train_stats = self.train_epoch(progress)
-                except KeyboardInterrupt:
-                    self.partial = {k: float(v) for k, v in self._sums.items()}
-                    self.elapsed += time.perf_counter() - start
-                    self.save_last()
-                    raise TrainingInterrupted(
-                        f"interrupted at epoch {self.epoch + 1}, step {self.step}; saved '{self.paths.last}'. "
-                        f"Continue with: latentbench train --resume {self.paths.root}"
-                    ) from None
-            val_stats = self.validate()
-            seconds = time.perf_counter() - start
-            self.elapsed += seconds
-            self._end_epoch(train_stats, val_stats, seconds)
+        with self._ctrl_c_at_step_boundary():
             reason = self._stop_reason()
+            while reason is None:
+                start = time.perf_counter()
+                desc = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}"
+                with tqdm(total=len(self.loader), initial=self.batch_in_epoch, desc=desc, disable=quiet,
+                          leave=False, dynamic_ncols=True) as progress:
+                    try:
+                        train_stats = self.train_epoch(progress)
+                    except KeyboardInterrupt:
+                        self.elapsed += time.perf_counter() - start
+                        raise self._save_interrupted() from None
+                val_stats = self.validate()
+                seconds = time.perf_counter() - start
+                self.elapsed += seconds
+                self._end_epoch(train_stats, val_stats, seconds)
+                reason = self._stop_reason()
+                if reason is None and self._interrupt_requested:  # Ctrl-C during validation: 'last' is saved
+                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}; saved '{self.paths.last}'. "
+                                              f"Continue with: latentbench train --resume {self.paths.root}")
         return reason
+
+    def _save_interrupted(self) -> TrainingInterrupted:
+        """Ctrl-C inside an epoch: save ``last`` mid-epoch when it came between two steps.
+
+        Inside a step (a KeyboardInterrupt that bypassed the handler of :meth:`_ctrl_c_at_step_boundary`)
+        the forward pass has already moved BatchNorm statistics and drawn random numbers, and the optimizer
+        may have updated part of the weights: nothing is saved then, and ``last`` stays as it was.
+        """
+        where = f"epoch {self.epoch + 1}, step {self.step}"
+        resume = f"Continue with: latentbench train --resume {self.paths.root}"
+        if self._in_step:
+            if not self.paths.last.exists():
+                return TrainingInterrupted(f"interrupted inside a training step at {where}; nothing had been "
+                                           "saved yet, so start the run again")
+            return TrainingInterrupted(f"interrupted inside a training step at {where}; kept the previous "
+                                       f"checkpoint '{self.paths.last}'. {resume}")
+        self._raise_if_diverged()
+        self.partial = {k: float(v) for k, v in self._sums.items()}
+        self.save_last()
+        return TrainingInterrupted(f"interrupted at {where}; saved '{self.paths.last}'. {resume}")
+
+    @contextmanager
+    def _ctrl_c_at_step_boundary(self):
+        """The first Ctrl-C finishes the step in flight, saves ``last`` and stops; a second one stops at once.
+
+        Installed only in the main thread of a single-process run whose SIGINT has a Python handler (not
+        ignored; under torchrun each rank would stop at a different step). Elsewhere a KeyboardInterrupt
+        inside a step keeps the previous ``last`` (see :meth:`_save_interrupted`).
+        """
+        if (threading.current_thread() is not threading.main_thread() or self.dist.enabled
+                or not callable(signal.getsignal(signal.SIGINT))):
+            yield
+            return
+
+        def on_ctrl_c(signum, frame):
+            if self._interrupt_requested:
+                raise KeyboardInterrupt
+            self._interrupt_requested = True
+            print("\nlatentbench: Ctrl-C: finishing this step and saving 'last' (press Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float) -> None:
         key = f"val_{self.monitor}"
@@ -473,8 +645,13 @@ def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | 
         "device": str(trainer.device),
         "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else platform.processor() or platform.machine(),
         "precision": str(trainer.amp).replace("torch.", "") if trainer.amp else "float32",
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "threads": trainer.threads,
         "world_size": trainer.dist.world_size,
+        "backend": distributed.backend_for(trainer.device) if trainer.dist.enabled else "none",
+        "sync_batchnorm": trainer.sync_bn,
+        "batch_size": trainer.cfg.train.batch_size,
+        "batch_per_process": trainer.cfg.train.batch_size // trainer.dist.world_size,
         "seed": trainer.cfg.train.seed,
         "deterministic": trainer.cfg.train.deterministic,
         "compile": trainer.cfg.train.compile,
@@ -504,6 +681,9 @@ def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, spl
     """Train ``cfg`` into ``run_dir`` (default ``out_dir/run_name``); with ``resume``, continue from ``last``."""
     paths = RunPaths(run_dir or run_dir_for(cfg))
     info = distributed.env_info()
+    if resume and not paths.last.exists():
+        raise RunFileError(f"nothing to resume: '{paths.last}' does not exist (the run never finished an epoch "
+                           "or a Ctrl-C save); start it again without --resume")
     if info.is_main:
         check_writable(paths.root)
         if not resume and paths.last.exists():
@@ -511,18 +691,22 @@ def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, spl
                 f"run directory '{paths.root}' already holds a trained run; resume it with "
                 f"'latentbench train --resume {paths.root}', or choose another name (--set name=...) or --out"
             )
+        for leftover in (paths.last, paths.best, paths.history, paths.config, paths.info):
+            remove_stale_temp(leftover)  # half-written temp files of a killed run
     trainer = Trainer(cfg, paths, splits)
     started = time.time()
     if resume:
-        if not paths.last.exists():
-            raise RunFileError(f"nothing to resume: '{paths.last}' does not exist")
         trainer.restore(paths.last)
-        started = read_json(paths.info).get("started", started) if paths.info.exists() else started
+        started = _started(paths, started)
     if trainer.dist.is_main:
+        check_free_space(paths.root, checkpoint_bytes(trainer), "its checkpoints")
         save_config(cfg, paths.config)
         atomic_write_json(paths.info, _run_info(trainer, "running", started=started))
+        write_history(paths.history, trainer.history)  # a kill between last.pt and history.csv left it behind
+    clean = False  # under torchrun: every rank got here together, so a closing barrier cannot hang
     try:
         reason = trainer.fit()
+        clean = True
     except TrainingInterrupted as err:
         _finish(trainer, "interrupted", str(err), started)
         raise
@@ -530,9 +714,25 @@ def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, spl
         _finish(trainer, "diverged", str(err), started)
         raise
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
     _finish(trainer, "finished", reason, started)
     return paths.root
+
+
+def _started(paths: RunPaths, default: float) -> float:
+    """When the run first started (from run_info.json); metadata never blocks a resume."""
+    try:
+        return float(read_json(paths.info).get("started") or default)
+    except (RunFileError, AttributeError, TypeError, ValueError):
+        return default
+
+
+def checkpoint_bytes(trainer: Trainer) -> int:
+    """Disk the checkpoints need at worst: ``last`` (weights + two Adam moments) and ``best``, plus a temp
+    copy of ``last`` while it is rewritten, plus 1 MiB of config and history."""
+    weights = sum(p.numel() * p.element_size() for p in trainer.objective.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in trainer.objective.buffers())
+    return 2 * (3 * weights + buffers) + (weights + buffers) + 2**20
 
 
 def _finish(trainer: Trainer, status: str, reason: str, started: float) -> None:

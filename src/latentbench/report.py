@@ -1,0 +1,570 @@
+"""Run directories -> one report: ``report.html`` (self-contained, images embedded) and ``report.md``.
+
+    latentbench report runs/study_quick          # a study folder (study.json + runs/)
+    latentbench report runs/                     # or any folder of run directories
+
+The report reads only run directories (``config.json``, ``run_info.json``, ``metrics.json``,
+``figures/*.png``) and, when present, the study's ``study.json`` (which grid cell and seed each run is,
+and the commands). Runs of the same dataset and model are aggregated over seeds as mean ± sample std.
+The original report's numbers come from ``latentbench/reference/report_numbers.json`` (source named
+there); its three tables are rebuilt with our number, the original and the difference side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from latentbench.io import RunFileError, atomic_write_text, read_json
+
+MODEL_ORDER = ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive")
+MODEL_LABELS = {
+    "autoencoder": "Autoencoder",
+    "autoencoder_skip": "Autoencoder (skip)",
+    "denoising": "Denoising autoencoder",
+    "supervised": "Supervised",
+    "contrastive": "Contrastive",
+}
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG copy)"}
+FIGURES = (("reconstructions", "Reconstructions (top: test images, bottom: decoded)"),
+           ("interpolation", "Latent interpolation"),
+           ("tsne", "t-SNE: latent space vs image space"),
+           ("curves", "Learning curves"))
+SPLITS = ("train", "val", "test")
+SPLIT_LABELS = {"train": "Train", "val": "Validation", "test": "Test"}
+
+# Columns of the "all metrics" table: (key, header, kind). Kinds: acc (%), mae, float.
+EXTRA_COLUMNS = (
+    ("probe_mlp_test_acc", "MLP probe", "acc"),
+    ("probe_linear_test_acc", "Linear probe", "acc"),
+    ("knn_test_acc", "kNN", "acc"),
+    ("e2e_test_acc", "End-to-end", "acc"),
+    ("recon_test_mae", "Test MAE", "mae"),
+    ("recon_test_psnr", "PSNR (dB)", "float2"),
+    ("silhouette", "Silhouette", "float3"),
+    ("alignment", "Alignment", "float3"),
+    ("uniformity", "Uniformity", "float3"),
+    ("effective_rank", "Eff. rank", "float1"),
+    ("tsne_trustworthiness", "t-SNE trust.", "float3"),
+)
+BASELINES = (("Raw pixels", {"probe_linear_test_acc": "pixel_linear_test_acc", "knn_test_acc": "pixel_knn_test_acc"}),
+             ("PCA-128 of pixels", {"probe_linear_test_acc": "pca_linear_test_acc", "knn_test_acc": "pca_knn_test_acc"}))
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class Run:
+    """One run directory as the report sees it."""
+
+    path: Path
+    name: str
+    dataset: str
+    model: str
+    seed: int
+    config: dict[str, Any]
+    info: dict[str, Any]
+    metrics: dict[str, float]
+    protocol: dict[str, str]
+    figures: dict[str, Path]
+    eval_seconds: float
+    command: str
+
+    @property
+    def status(self) -> str:
+        status = str(self.info.get("status", "unknown"))
+        return status if status != "finished" or self.metrics else "finished, not evaluated"
+
+
+@dataclass
+class Group:
+    """The runs of one (dataset, model) over seeds."""
+
+    dataset: str
+    model: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        out = []
+        for run in self.runs:
+            v = run.metrics.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+    def stat(self, key: str) -> tuple[float, float | None, int] | None:
+        """(mean, sample std or None for one seed, number of seeds) of a metric, or None when absent."""
+        values = self.values(key)
+        if not values:
+            return None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+@dataclass
+class Study:
+    folder: Path
+    groups: dict[tuple[str, str], Group]
+    runs: list[Run]
+    meta: dict[str, Any]  # study.json, or {} for a plain folder of runs
+
+
+def infer_model(config: dict[str, Any]) -> str:
+    """The grid model a config trains: objective name, refined by decoder skips and input noise."""
+    objective = config.get("objective", {})
+    name = objective.get("name", "?")
+    if name != "autoencoder":
+        return name
+    if config.get("model", {}).get("skips"):
+        return "autoencoder_skip"
+    return "denoising" if objective.get("noise_std", 0) > 0 else "autoencoder"
+
+
+def find_run_dirs(folder: Path) -> list[Path]:
+    """Run directories (holding config.json) at most two levels below ``folder`` (or ``folder`` itself)."""
+    if (folder / "config.json").is_file():
+        return [folder]
+    found = [p.parent for p in folder.glob("*/config.json")] + [p.parent for p in folder.glob("*/*/config.json")]
+    return sorted(set(found))
+
+
+def _read_optional(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def load_run(path: Path, entry: dict[str, Any] | None) -> Run:
+    config = read_json(path / "config.json")
+    info = _read_optional(path / "run_info.json")
+    metrics_file = _read_optional(path / "metrics.json")
+    figures = {key: path / rel for key, rel in metrics_file.get("figures", {}).items() if (path / rel).is_file()}
+    seconds = metrics_file.get("seconds", {})
+    eval_seconds = float(seconds.get("total", sum(v for v in seconds.values() if isinstance(v, (int, float)))))
+    entry = entry or {}
+    return Run(
+        path=path, name=path.name,
+        dataset=entry.get("dataset") or config.get("data", {}).get("name", "?"),
+        model=entry.get("model") or infer_model(config),
+        seed=int(entry.get("seed", config.get("train", {}).get("seed", 0))),
+        config=config, info=info,
+        metrics={k: v for k, v in metrics_file.get("metrics", {}).items() if isinstance(v, (int, float))},
+        protocol=dict(metrics_file.get("protocol", {})),
+        figures=figures, eval_seconds=eval_seconds,
+        command=entry.get("command") or f"latentbench train --set ... (see {path / 'config.json'}) && "
+                                        f"latentbench eval {path}",
+    )
+
+
+def load_study(folder: Path) -> Study:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFileError(f"'{folder}' is not a folder; give a study folder or a folder of run directories")
+    meta = _read_optional(folder / "study.json")
+    entries = {Path(e["dir"]).name: e for e in meta.get("runs", [])}
+    dirs = find_run_dirs(folder)
+    if not dirs:
+        raise RunFileError(f"no run directories (folders holding config.json) under '{folder}'; train or "
+                           "reproduce into it first")
+    runs = [load_run(d, entries.get(d.name)) for d in dirs]
+    order = {name: i for i, name in enumerate(entries)}
+    runs.sort(key=lambda r: (order.get(r.name, len(order)), r.dataset, _model_rank(r.model), r.seed))
+    groups: dict[tuple[str, str], Group] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.model), Group(run.dataset, run.model)).runs.append(run)
+    return Study(folder, groups, runs, meta)
+
+
+def _model_rank(model: str) -> int:
+    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+
+
+def load_reference() -> dict[str, Any]:
+    text = resources.files("latentbench").joinpath("reference", "report_numbers.json").read_text()
+    return json.loads(text)
+
+
+# ----------------------------------------------------------------------------------------- numbers
+def fmt_value(value: float | None, kind: str) -> str:
+    if value is None:
+        return "—"
+    if kind == "acc":
+        return f"{100 * value:.2f}%"
+    if kind == "mae":
+        return f"{value:.6f}"
+    digits = int(kind[-1]) if kind.startswith("float") and kind[-1].isdigit() else 3
+    return f"{value:.{digits}f}"
+
+
+def fmt_stat(stat: tuple[float, float | None, int] | None, kind: str) -> str:
+    if stat is None:
+        return "—"
+    mean, std, _ = stat
+    if std is None:
+        return fmt_value(mean, kind)
+    if kind == "acc":
+        return f"{100 * mean:.2f} ± {100 * std:.2f}%"
+    return f"{fmt_value(mean, kind)} ± {fmt_value(std, kind)}"
+
+
+def rounded(value: float, kind: str) -> float:
+    """``value`` at the precision the original report prints (0.01 pp for accuracy, 6 decimals for MAE)."""
+    return round(value, 4 if kind == "acc" else 6)
+
+
+def compare(ours: float | None, original: float | None, kind: str) -> tuple[str, bool | None]:
+    """(difference text, whether ours is at least as good) - higher is better for accuracy, lower for MAE."""
+    if ours is None or original is None:
+        return "—", None
+    a, b = rounded(ours, kind), rounded(original, kind)
+    diff = a - b
+    good = diff >= 0 if kind == "acc" else diff <= 0
+    text = f"{100 * diff:+.2f} pp" if kind == "acc" else f"{diff:+.6f}"
+    return text, good
+
+
+@dataclass
+class Cell:
+    text: str
+    good: bool | None = None  # colour of a difference cell
+    numeric: bool = True
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+    section: str = "metrics"  # reference | metrics | runs
+
+
+def reference_table(spec: dict[str, Any], study: Study) -> Table:
+    """One of the original report's tables: per split our mean ± std, the report's number, the difference."""
+    splits = [s for s in SPLITS if any(s in row["keys"] for row in spec["rows"])]
+    header = ["Model", "Protocol"]
+    for s in splits:
+        header += [f"{SPLIT_LABELS[s]}: ours", "report", "Δ"]
+    beside = spec.get("beside", [])
+    header += [f"ours: {_column_header(k)} (test)" for k in beside]
+    rows = []
+    for row in spec["rows"]:
+        group = study.groups.get((spec["dataset"], row["model"]))
+        seeds = len(group.runs) if group else 0
+        cells = [Cell(row["label"] + (f" — {seeds} seed(s)" if seeds > 1 else ""), numeric=False),
+                 Cell(row["protocol"], numeric=False)]
+        for s in splits:
+            key = row["keys"].get(s)
+            stat = group.stat(key) if group and key else None
+            original = row["report"].get(s)
+            diff, good = compare(stat[0] if stat else None, original, row["kind"])
+            cells += [Cell(fmt_stat(stat, row["kind"]) if group else "not run"),
+                      Cell(fmt_value(original, row["kind"])), Cell(diff, good)]
+        for key in beside:
+            kind = _column_kind(key)
+            cells.append(Cell(fmt_stat(group.stat(key), kind) if group else "—"))
+        rows.append(cells)
+    note = ("Δ = ours − report, compared at the report's printed precision; green: ours at least as good "
+            "(higher accuracy, lower MAE).")
+    return Table(spec["title"], header, rows, note, section="reference")
+
+
+def _column_header(key: str) -> str:
+    for k, header, _ in EXTRA_COLUMNS:
+        if k == key:
+            return header
+    return {"recon_test_mse": "MSE", "recon_test_psnr": "PSNR (dB)"}.get(key, key)
+
+
+def _column_kind(key: str) -> str:
+    for k, _, kind in EXTRA_COLUMNS:
+        if k == key:
+            return kind
+    return "float4" if key == "recon_test_mse" else ("float2" if "psnr" in key else "acc" if "acc" in key else "float3")
+
+
+def metrics_table(dataset: str, study: Study) -> Table:
+    """Every model of ``dataset`` with the extra metrics, then the pixel and PCA baselines."""
+    groups = sorted((g for g in study.groups.values() if g.dataset == dataset), key=lambda g: _model_rank(g.model))
+    header = ["Model", "Seeds"] + [h for _, h, _ in EXTRA_COLUMNS]
+    rows = []
+    for g in groups:
+        cells = [Cell(MODEL_LABELS.get(g.model, g.model), numeric=False), Cell(str(len(g.runs)))]
+        for key, _, kind in EXTRA_COLUMNS:
+            text = fmt_stat(g.stat(key), kind)
+            if key == "recon_test_mae" and text != "—" and any(r.metrics.get("recon_is_probe") for r in g.runs):
+                text += " †"
+            cells.append(Cell(text))
+        rows.append(cells)
+    for label, mapping in BASELINES:
+        pooled = Group(dataset, label, [r for g in groups for r in g.runs])
+        if not any(pooled.values(v) for v in mapping.values()):
+            continue
+        cells = [Cell(label, numeric=False), Cell("—")]
+        for key, _, kind in EXTRA_COLUMNS:
+            source = mapping.get(key)
+            cells.append(Cell(fmt_stat(pooled.stat(source), kind) if source else "—"))
+        rows.append(cells)
+    note = ("Test-set numbers, mean ± std over seeds. † reconstruction by a decoder probe trained on the frozen "
+            "encoder (the model has no decoder of its own). Baseline rows: the same probes on raw pixels and "
+            "on PCA-128 of the pixels.")
+    return Table(f"{DATASET_LABELS.get(dataset, dataset)}: every model, every metric", header, rows, note)
+
+
+def runs_table(study: Study) -> Table:
+    header = ["Run", "Dataset", "Model", "Seed", "Status", "Epochs", "Best epoch", "Train images", "Train time",
+              "Eval time"]
+    rows = []
+    for r in study.runs:
+        ds = r.info.get("dataset", {})
+        rows.append([Cell(r.name, numeric=False), Cell(r.dataset, numeric=False),
+                     Cell(MODEL_LABELS.get(r.model, r.model), numeric=False), Cell(str(r.seed)),
+                     Cell(r.status, numeric=False),
+                     Cell(f"{r.info.get('epochs_done', '?')}/{r.config.get('train', {}).get('epochs', '?')}"),
+                     Cell(str(r.info.get("best_epoch", "—"))), Cell(str(ds.get("train", "—"))),
+                     Cell(_duration(r.info.get("train_seconds"))), Cell(_duration(r.eval_seconds or None))])
+    return Table("Runs", header, rows, "Epochs: done / budget (early stopping on validation may stop sooner).",
+                 section="runs")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = float(seconds)
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def environment(study: Study) -> list[tuple[str, str]]:
+    keys = (("latentbench", "latentbench"), ("git revision", "git_revision"), ("Python", "python"),
+            ("PyTorch", "torch"), ("torchvision", "torchvision"), ("platform", "platform"), ("device", "device"),
+            ("device name", "device_name"), ("precision", "precision"), ("CPU threads", "threads"),
+            ("processes", "world_size"))
+    rows = []
+    for label, key in keys:
+        values = sorted({str(r.info[key]) for r in study.runs if key in r.info})
+        if values:
+            rows.append((label, ", ".join(values)))
+    train_s = sum(float(r.info.get("train_seconds", 0) or 0) for r in study.runs)
+    eval_s = sum(r.eval_seconds for r in study.runs)
+    rows.append(("training time (sum over runs)", _duration(train_s)))
+    rows.append(("evaluation time (sum over runs)", _duration(eval_s)))
+    if "wall_seconds" in study.meta:
+        rows.append(("study wall time (all sessions)", _duration(study.meta["wall_seconds"])))
+    return rows
+
+
+def protocols(study: Study) -> list[tuple[str, str]]:
+    """Metric key -> protocol text (from metrics.json), distinct texts per dataset joined."""
+    out: dict[str, list[str]] = {}
+    for r in study.runs:
+        for key, text in r.protocol.items():
+            entry = f"{DATASET_LABELS.get(r.dataset, r.dataset)}: {text}"
+            if entry not in out.setdefault(key, []):
+                out[key].append(entry)
+    return [(k, " | ".join(v)) for k, v in out.items()]
+
+
+def figure_sets(study: Study) -> list[tuple[str, Run, list[tuple[str, Path]]]]:
+    """Per (dataset, model): the first seed's figures, in the report's order."""
+    sets = []
+    datasets = list(dict.fromkeys(r.dataset for r in study.runs))
+    for g in sorted(study.groups.values(), key=lambda g: (datasets.index(g.dataset), _model_rank(g.model))):
+        run = next((r for r in g.runs if r.figures), None)
+        if run is None:
+            continue
+        titles = dict(FIGURES)
+        ordered = [k for k, _ in FIGURES if k in run.figures] + [k for k in run.figures if k not in titles]
+        label = f"{DATASET_LABELS.get(g.dataset, g.dataset)} — {MODEL_LABELS.get(g.model, g.model)}"
+        sets.append((label, run, [(titles.get(k, k), run.figures[k]) for k in ordered]))
+    return sets
+
+
+# ------------------------------------------------------------------------------------------ assembling
+@dataclass
+class Document:
+    title: str
+    intro: list[str]
+    tables: list[Table]
+    figures: list[tuple[str, Run, list[tuple[str, Path]]]]
+    protocol_rows: list[tuple[str, str]]
+    commands: list[tuple[str, str]]
+    env_rows: list[tuple[str, str]]
+    reference: dict[str, Any]
+
+
+def assemble(study: Study) -> Document:
+    ref = load_reference()
+    datasets = list(dict.fromkeys(r.dataset for r in study.runs))
+    tables = [reference_table(spec, study) for spec in ref["tables"] if spec["dataset"] in datasets]
+    tables += [metrics_table(d, study) for d in datasets]
+    tables.append(runs_table(study))
+    meta = study.meta
+    intro = []
+    if meta:
+        intro.append(f"Preset '{meta.get('preset')}': {meta.get('description', '')}. Status: {meta.get('status', '?')}.")
+        intro.append(f"Produced by: {meta.get('command', '?')}")
+    intro.append(f"{len(study.runs)} run(s) in {study.folder}; numbers are mean ± sample std over seeds. "
+                 f"Original numbers: {ref['source']} ({ref['document']}).")
+    if any(r.dataset == "synthetic" or r.config.get("data", {}).get("name") == "synthetic" for r in study.runs):
+        intro.append("These runs use SYNTHETIC stand-in data: the numbers only check the pipeline and are not "
+                     "comparable with the report's.")
+    commands = [(r.name, r.command) for r in study.runs]
+    return Document("latentbench: latent spaces of autoencoding, supervised and contrastive encoders", intro, tables,
+                    figure_sets(study), protocols(study), commands, environment(study), ref)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;max-width:1300px;margin:2em auto;padding:0 1.2em;background:#fff}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid #e3e7ef;padding-bottom:.2em}
+h3{margin:1.4em 0 .4em}p.meta{color:#4a5468;margin:.3em 0}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{padding:.35em .7em;border-bottom:1px solid #e3e7ef;text-align:left;vertical-align:top}
+th{background:#f3f5f9;font-weight:600;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr:nth-child(even) td{background:#fafbfd}
+td.good{color:#0b6e3d;font-weight:600}td.bad{color:#b3261e;font-weight:600}
+p.note{color:#5b6578;font-size:.85em;margin-top:0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1em}
+.card{border:1px solid #e3e7ef;border-radius:8px;padding:.8em;background:#fcfcfe}
+.card h3{margin-top:0}
+figure{margin:.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eef0f5}
+figcaption{font-size:.85em;color:#4a5468}
+code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f3f5f9;padding:.1em .3em;border-radius:4px;word-break:break-all}
+"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in t.header)
+    body = []
+    for row in t.rows:
+        cells = []
+        for c in row:
+            cls = ["num"] if c.numeric else []
+            if c.good is not None:
+                cls.append("good" if c.good else "bad")
+            attr = f' class="{" ".join(cls)}"' if cls else ""
+            cells.append(f"<td{attr}>{_esc(c.text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = f'<p class="note">{_esc(t.note)}</p>' if t.note else ""
+    return (f"<h3>{_esc(t.title)}</h3><div class=\"scroll\"><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>{note}")
+
+
+def _png_data(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _kv_table(rows: list[tuple[str, str]], code: bool = False) -> str:
+    wrap = (lambda v: f"<code>{_esc(v)}</code>") if code else _esc
+    return "<table><tbody>" + "".join(f"<tr><th>{_esc(k)}</th><td>{wrap(v)}</td></tr>" for k, v in rows) + \
+        "</tbody></table>"
+
+
+def render_html(doc: Document) -> str:
+    parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+             f"content=\"width=device-width,initial-scale=1\"><title>{_esc(doc.title)}</title><style>{CSS}</style>"
+             f"</head><body><h1>{_esc(doc.title)}</h1>"]
+    parts += [f'<p class="meta">{_esc(line)}</p>' for line in doc.intro]
+    ref_tables = [t for t in doc.tables if t.section == "reference"]
+    other = [t for t in doc.tables if t.section != "reference"]
+    parts.append("<h2>The report's tables, ours beside theirs</h2>")
+    parts += [_html_table(t) for t in ref_tables] or ["<p>No MNIST or CIFAR-10 runs in this folder.</p>"]
+    parts.append("<h2>Every metric</h2>")
+    parts += [_html_table(t) for t in other]
+    parts.append("<h2>Figures</h2>")
+    for label, run, figs in doc.figures:
+        cards = "".join(f'<div class="card"><figure><img alt="{_esc(title)}" src="{_png_data(path)}">'
+                        f"<figcaption>{_esc(title)} — {_esc(run.name)}</figcaption></figure></div>"
+                        for title, path in figs)
+        parts.append(f"<h3>{_esc(label)}</h3><div class=\"grid\">{cards}</div>")
+    if not doc.figures:
+        parts.append("<p>No figures yet: evaluate the runs (latentbench eval RUN_DIR).</p>")
+    parts.append("<h2>Protocols</h2><p class=\"meta\">How each number was measured (from each run's metrics.json).</p>")
+    parts.append(_kv_table(doc.protocol_rows) if doc.protocol_rows else "<p>No evaluated runs.</p>")
+    parts.append("<h2>Commands</h2><p class=\"meta\">Each run on its own (recipe + the study's overrides).</p>")
+    parts.append(_kv_table(doc.commands, code=True))
+    parts.append("<h2>Environment and time</h2>" + _kv_table(doc.env_rows))
+    ref = doc.reference
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in ref.get("notes", []))
+    parts.append(f"<h2>Source of the original numbers</h2><p>{_esc(ref['source'])} — {_esc(ref['document'])}. "
+                 f"Units: {_esc(ref['units'])}.</p><ul>{notes}</ul>")
+    parts.append(f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M:%S")} by latentbench report.</p>'
+                 "</body></html>")
+    return "\n".join(parts)
+
+
+def _md_cell(c: Cell) -> str:
+    text = c.text.replace("|", "\\|")
+    if c.good is True:
+        return f"{text} ✓"
+    if c.good is False:
+        return f"{text} ✗"
+    return text
+
+
+def _md_table(t: Table) -> list[str]:
+    lines = [f"### {t.title}", "", "| " + " | ".join(t.header) + " |",
+             "| " + " | ".join("---:" if i >= 1 and all(r[i].numeric for r in t.rows) and t.rows else "---"
+                               for i in range(len(t.header))) + " |"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+    if t.note:
+        lines += ["", f"*{t.note.replace('green', '✓')}*"]
+    return lines + [""]
+
+
+def render_markdown(doc: Document, md_dir: Path) -> str:
+    lines = [f"# {doc.title}", ""] + [f"{line}  " for line in doc.intro] + [""]
+    lines += ["## The report's tables, ours beside theirs", ""]
+    for t in doc.tables:
+        if t.section == "reference":
+            lines += _md_table(t)
+    lines += ["## Every metric", ""]
+    for t in doc.tables:
+        if t.section != "reference":
+            lines += _md_table(t)
+    lines += ["## Figures", ""]
+    for label, run, figs in doc.figures:
+        lines += [f"### {label}", ""]
+        for title, path in figs:
+            rel = Path(os.path.relpath(path.resolve(), md_dir.resolve())).as_posix()
+            lines += [f"![{title} — {run.name}]({rel})", ""]
+    lines += ["## Protocols", "", "| Number | Protocol |", "| --- | --- |"]
+    lines += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in doc.protocol_rows] + [""]
+    lines += ["## Commands", "", "```"] + [f"# {name}\n{cmd}" for name, cmd in doc.commands] + ["```", ""]
+    lines += ["## Environment and time", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in doc.env_rows] + [""]
+    ref = doc.reference
+    lines += ["## Source of the original numbers", "", f"{ref['source']} — {ref['document']}. Units: {ref['units']}.",
+              ""] + [f"- {n}" for n in ref.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def report_paths(folder: Path, out: Path | None) -> tuple[Path, Path]:
+    """``out`` may be a folder (report.html/report.md inside) or a file name ending in .html or .md."""
+    if out is None:
+        return folder / "report.html", folder / "report.md"
+    if out.suffix in (".html", ".md"):
+        return out.with_suffix(".html"), out.with_suffix(".md")
+    return out / "report.html", out / "report.md"
+
+
+def build_report(folder: Path, out: Path | None = None) -> tuple[Path, Path]:
+    """Read the run directories under ``folder`` and write ``report.html`` and ``report.md``."""
+    folder = Path(folder)
+    study = load_study(folder)
+    doc = assemble(study)
+    html_path, md_path = report_paths(folder, Path(out) if out else None)
+    atomic_write_text(html_path, render_html(doc))
+    atomic_write_text(md_path, render_markdown(doc, md_path.parent))
+    return html_path, md_path

@@ -1,0 +1,453 @@
+"""The report's study as data: the grid of runs, the presets, and ``reproduce``, which runs it resumably.
+
+    latentbench reproduce --preset quick --data-root ../shared/data      # whole grid, <= 15 min on 2 CPU cores
+    latentbench reproduce --preset paper --datasets mnist --seeds 3      # the report's settings
+    latentbench reproduce --preset smoke                                 # synthetic stand-ins, seconds (tests)
+
+The grid (``GRID``) is every (dataset, model) of the report; each model's hyper-parameters live in ONE
+place, its recipe ``configs/<dataset>_<model>.toml`` (shipped inside the package as ``latentbench/recipes``,
+a link to ``configs/``). A preset (``latentbench/presets/<name>.toml``) only layers budget overrides on top
+(epochs, subsets, evaluation sizes) and says how many seeds each dataset gets. The resolved order of
+overrides for one run is: recipe -> preset (all runs) -> preset dataset -> preset model -> ``--data-root`` /
+``--device`` -> ``--set`` -> the study's own ``name``, ``out_dir`` and ``train.seed``.
+
+The study folder (``--out``, default ``runs/study_<preset>``) holds ``study.json`` (the plan and the
+command), ``runs/<dataset>_<model>_s<seed>/`` run directories and ``report.html`` / ``report.md``.
+Re-running the same command skips finished runs (``run_info.json`` status ``finished``) and evaluations
+(``metrics.json`` present) and resumes interrupted runs from ``checkpoints/last.pt``; Ctrl-C stops after
+saving, keeping every finished run. A run directory made with different settings is never mixed in: the
+study stops and names the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from latentbench.config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, read_toml
+from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
+
+# The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
+GRID: dict[str, tuple[str, ...]] = {
+    "mnist": ("autoencoder", "supervised", "contrastive"),
+    "cifar10": ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive"),
+}
+MODEL_LABELS = {
+    "autoencoder": "Autoencoder",
+    "autoencoder_skip": "Autoencoder (skip)",
+    "denoising": "Denoising autoencoder",
+    "supervised": "Supervised (classification-guided)",
+    "contrastive": "Contrastive",
+}
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+PRESETS = ("smoke", "quick", "paper")
+
+# Keys that may differ between the saved config of a run and the study's config without changing what the
+# run computes (where the data lives, which device, how many threads, progress output).
+NEUTRAL_KEYS = {"data.root", "data.download", "train.device", "train.threads", "train.log_every", "out_dir",
+                "name", "train.amp", "train.compile"}
+
+# Cost model for the up-front estimate, in seconds on the 2-core reference CPU (float32, one process):
+# per training image and epoch, by encoder kind and objective (measured with the recipes' batch size 128;
+# see docs/reproduce.md). Early stopping and a faster machine make real runs shorter; the ETA printed
+# during the study rescales the remaining estimate by how the finished runs compared with theirs.
+TRAIN_SECONDS_PER_IMAGE = {
+    ("mlp", "autoencoder"): 2.0e-5, ("mlp", "supervised"): 2.0e-5, ("mlp", "contrastive"): 9.0e-5,
+    ("conv", "autoencoder"): 1.6e-3, ("conv", "supervised"): 0.9e-3, ("conv", "contrastive"): 4.0e-3,
+}
+EVAL_SECONDS_PER_IMAGE = {"mlp": 3.0e-4, "conv": 1.2e-3}  # embeddings, probes, decoder probe (per train image)
+EVAL_SECONDS_PER_TSNE_POINT = 6.0e-3  # two t-SNE maps (latent and pixels) and the trustworthiness score
+DATASET_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}  # (train + val, test) images
+
+
+# ------------------------------------------------------------------------------------------ presets
+def _package_file(folder: str, name: str) -> Path:
+    return Path(str(resources.files("latentbench").joinpath(folder, name)))
+
+
+def recipe_path(dataset: str, model: str) -> Path:
+    """The recipe of one grid cell: ``configs/<dataset>_<model>.toml`` as shipped in the package."""
+    path = _package_file("recipes", f"{dataset}_{model}.toml")
+    if not path.is_file():
+        raise ConfigError(f"the study's recipe '{path.name}' is missing from the package ({path}); "
+                          "reinstall latentbench or restore configs/")
+    return path
+
+
+@dataclass
+class Preset:
+    """A study budget: description, seeds per dataset and override lists per scope (all / dataset / model)."""
+
+    name: str
+    description: str
+    overrides: list[str] = field(default_factory=list)
+    seeds: dict[str, int] = field(default_factory=dict)
+    dataset_overrides: dict[str, list[str]] = field(default_factory=dict)
+    model_overrides: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of 'key=value' strings, got {value!r}")
+    return list(value)
+
+
+def parse_preset(name: str, tree: dict[str, Any]) -> Preset:
+    """Validate a preset's TOML tree: top-level ``description``/``overrides``, one table per dataset."""
+    known_top = {"description", "overrides", *GRID}
+    for key in tree:
+        if key not in known_top:
+            raise ConfigError(f"preset '{name}': unknown key '{key}'; expected one of {', '.join(sorted(known_top))}")
+    preset = Preset(name, str(tree.get("description", "")), _str_list(tree.get("overrides", []), f"{name}.overrides"))
+    for dataset in GRID:
+        table = tree.get(dataset, {})
+        for key in table:
+            if key not in {"seeds", "overrides", "models"}:
+                raise ConfigError(f"preset '{name}': unknown key '{dataset}.{key}'; expected seeds, overrides, models")
+        seeds = table.get("seeds", 1)
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"preset '{name}': {dataset}.seeds must be a positive integer, got {seeds!r}")
+        preset.seeds[dataset] = seeds
+        preset.dataset_overrides[dataset] = _str_list(table.get("overrides", []), f"{name}.{dataset}.overrides")
+        for model, values in table.get("models", {}).items():
+            if model not in GRID[dataset]:
+                raise ConfigError(f"preset '{name}': {dataset}.models.{model} is not in the grid; "
+                                  f"choose one of {', '.join(GRID[dataset])}")
+            preset.model_overrides[(dataset, model)] = _str_list(values, f"{name}.{dataset}.models.{model}")
+    return preset
+
+
+def load_preset(name: str) -> Preset:
+    """A packaged preset by name (``smoke``, ``quick``, ``paper``) or a path to a preset TOML file."""
+    path = Path(name)
+    if not (path.suffix == ".toml" and path.is_file()):
+        path = _package_file("presets", f"{name}.toml")
+        if not path.is_file():
+            raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or give a preset .toml file")
+    try:
+        tree = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"preset file '{path}' is not valid TOML: {err}") from None
+    return parse_preset(path.stem, tree)
+
+
+# --------------------------------------------------------------------------------------------- plan
+@dataclass
+class PlannedRun:
+    """One cell x seed of the study, with everything needed to (re)create its config."""
+
+    dataset: str
+    model: str
+    seed: int
+    overrides: list[str]  # applied on top of the recipe
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_{self.model}_s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out_dir) / self.config.name
+
+    @property
+    def recipe(self) -> str:
+        return f"configs/{self.dataset}_{self.model}.toml"
+
+    def command(self) -> str:
+        """The equivalent stand-alone commands (the recipe path as in a source checkout)."""
+        sets = " ".join(f"--set {shlex.quote(o)}" for o in [*self.overrides, f'name="{self.config.name}"'])
+        out = shlex.quote(self.config.out_dir)
+        return (f"latentbench train {self.recipe} {sets} --out {out} && "
+                f"latentbench eval {shlex.quote(str(self.run_dir))}")
+
+
+def select_datasets(datasets: list[str] | None) -> list[str]:
+    chosen = list(GRID) if not datasets else [d.strip().lower().replace("-", "") for d in datasets if d.strip()]
+    for d in chosen:
+        if d not in GRID:
+            raise ConfigError(f"unknown dataset '{d}' for the study; choose from {', '.join(GRID)} (comma-separated)")
+    return [d for d in GRID if d in chosen]  # grid order, no duplicates
+
+
+def plan_study(preset: Preset, out: Path, datasets: list[str] | None = None, seeds: int | None = None,
+               user_overrides: list[str] | None = None) -> list[PlannedRun]:
+    """Expand the grid into runs; each run's config is loaded (and validated) now, before any training."""
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    plan = []
+    for dataset in select_datasets(datasets):
+        for model in GRID[dataset]:
+            for seed in range(seeds or preset.seeds.get(dataset, 1)):
+                overrides = [*preset.overrides, *preset.dataset_overrides.get(dataset, []),
+                             *preset.model_overrides.get((dataset, model), []), *(user_overrides or []),
+                             f"train.seed={seed}"]
+                name = f"{dataset}_{model}_s{seed}"
+                own = [f'name="{name}"', f'out_dir="{out / "runs"}"']
+                tree = apply_overrides(read_toml(recipe_path(dataset, model)), overrides + own)
+                try:
+                    cfg = from_dict(tree)
+                except ConfigError as err:
+                    raise ConfigError(f"study run {name} (preset '{preset.name}'): {err}") from None
+                plan.append(PlannedRun(dataset, model, seed, overrides, cfg))
+    return plan
+
+
+# ----------------------------------------------------------------------------------------- estimates
+def _train_images(cfg: RunConfig, dataset: str) -> int:
+    d = cfg.data
+    total = d.synthetic_train if d.name == "synthetic" else DATASET_SIZES.get(d.name, DATASET_SIZES[dataset])[0]
+    n = total - max(1, round(total * d.val_fraction))
+    return min(n, d.train_subset) if d.train_subset else n
+
+
+def _encoder_kind(cfg: RunConfig, dataset: str) -> str:
+    if cfg.model.encoder != "auto":
+        return "mlp" if cfg.model.encoder == "mlp" else "conv"
+    channels = (cfg.data.channels or 1) if cfg.data.name == "synthetic" else (1 if dataset == "mnist" else 3)
+    size = (cfg.data.image_size or 28) if cfg.data.name == "synthetic" else (28 if dataset == "mnist" else 32)
+    return "mlp" if channels == 1 and size <= 32 else "conv"
+
+
+def estimate_seconds(run: PlannedRun) -> float:
+    """Rough wall time of training plus evaluation on the reference 2-core CPU (see the cost model above)."""
+    cfg = run.config
+    kind = _encoder_kind(cfg, run.dataset)
+    n = _train_images(cfg, run.dataset)
+    epochs = cfg.train.epochs
+    if cfg.train.max_steps:
+        epochs = min(epochs, cfg.train.max_steps * cfg.train.batch_size / max(1, n))
+    train = epochs * n * TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)]
+    evaluation = n * EVAL_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * EVAL_SECONDS_PER_TSNE_POINT
+    return train + evaluation
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class Eta:
+    """Remaining-time estimate: the cost model, rescaled by how long the runs done in this session took."""
+
+    estimates: dict[str, float]
+    actual: float = 0.0
+    predicted: float = 0.0
+
+    def record(self, name: str, seconds: float) -> None:
+        self.actual += seconds
+        self.predicted += self.estimates[name]
+
+    def remaining(self, pending: list[str]) -> float:
+        scale = self.actual / self.predicted if self.predicted > 0 and self.actual > 0 else 1.0
+        return scale * sum(self.estimates[n] for n in pending)
+
+
+# ------------------------------------------------------------------------------------------- state
+def run_state(run_dir: Path) -> str:
+    """``evaluated`` | ``trained`` | ``interrupted`` | ``diverged`` | ``new`` from the run's own files."""
+    info_path, last = run_dir / "run_info.json", run_dir / "checkpoints" / "last.pt"
+    status = read_json(info_path).get("status") if info_path.is_file() else None
+    if status == "finished":
+        return "evaluated" if (run_dir / "metrics.json").is_file() else "trained"
+    if status == "diverged":
+        return "diverged"
+    return "interrupted" if last.is_file() else "new"
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Keys (other than :data:`NEUTRAL_KEYS`) whose values differ: ``key: saved -> wanted``."""
+    a, b = flatten(saved), flatten(wanted)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
+
+
+def check_same_settings(run: PlannedRun) -> None:
+    path = run.run_dir / "config.json"
+    if not path.is_file():
+        return
+    diffs = config_differences(read_json(path), run.config.to_dict())
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ConfigError(
+            f"the run directory '{run.run_dir}' was made with different settings than this study asks for "
+            f"({shown}). The study will not mix them: choose another --out, or delete that run directory to "
+            "redo it with the new settings."
+        )
+
+
+# ------------------------------------------------------------------------------------------ running
+def _default_evaluate(run_dir: Path) -> dict:
+    from latentbench.evaluate import evaluate_run
+
+    return evaluate_run(run_dir)
+
+
+def _default_train(cfg: RunConfig, run_dir: Path, resume: bool, splits) -> Path:
+    from latentbench.train import train
+
+    return train(cfg, run_dir=run_dir, resume=resume, splits=splits)
+
+
+class _SplitsCache:
+    """Decode a dataset once per study (CIFAR-10 JPEG decoding takes a while); keeps the latest one only."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.splits = None
+
+    def get(self, cfg: RunConfig):
+        from latentbench.data import load_splits
+
+        key = json.dumps({k: v for k, v in vars(cfg.data).items() if k != "download"}, sort_keys=True, default=str)
+        if key != self.key:
+            self.key, self.splits = None, None  # free the previous dataset first
+            self.splits, self.key = load_splits(cfg.data), key
+        return self.splits
+
+
+def reproduce_command(preset: str, datasets: list[str] | None, seeds: int | None, out: Path | None,
+                      data_root: str | None, device: str | None, extra_overrides: list[str]) -> str:
+    parts = ["latentbench", "reproduce", "--preset", preset]
+    if datasets:
+        parts += ["--datasets", ",".join(datasets)]
+    if seeds:
+        parts += ["--seeds", str(seeds)]
+    if out:
+        parts += ["--out", str(out)]
+    if data_root:
+        parts += ["--data-root", str(data_root)]
+    if device:
+        parts += ["--device", device]
+    for o in extra_overrides:
+        parts += ["--set", o]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _write_study(path: Path, preset: Preset, plan: list[PlannedRun], command: str, state: dict[str, Any]) -> None:
+    atomic_write_json(path, {
+        "preset": preset.name,
+        "description": preset.description,
+        "command": command,
+        "datasets": sorted({r.dataset for r in plan}, key=list(GRID).index),
+        "runs": [{"name": r.name, "dataset": r.dataset, "model": r.model, "seed": r.seed,
+                  "dir": str(Path("runs") / r.name), "recipe": r.recipe, "overrides": r.overrides,
+                  "command": r.command()} for r in plan],
+        **state,
+    })
+
+
+def _previous_sessions(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        return list(read_json(path).get("sessions", []))
+    except RunFileError:
+        return []
+
+
+def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: int | None = None,
+              out: Path | None = None, data_root: str | None = None, device: str | None = None,
+              extra_overrides: list[str] | None = None, *, report: bool = True,
+              log: Callable[[str], None] | None = None,
+              train_fn: Callable[..., Path] | None = None,
+              evaluate_fn: Callable[[Path], dict] | None = None) -> Path:
+    """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
+
+    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir)`` default to the package's
+    training and evaluation; tests swap them to count calls.
+    """
+    from latentbench.train import TrainingDiverged, TrainingInterrupted
+
+    say = log or (lambda text: print(text, flush=True))
+    train_fn, evaluate_fn = train_fn or _default_train, evaluate_fn or _default_evaluate
+    spec = load_preset(preset)
+    given_out = out
+    out = Path(out) if out else Path("runs") / f"study_{spec.name}"
+    user = [*([f'data.root="{data_root}"'] if data_root else []), *([f'train.device="{device}"'] if device else []),
+            *(extra_overrides or [])]
+    plan = plan_study(spec, out, datasets, seeds, user)
+    for run in plan:
+        check_same_settings(run)
+    check_writable(out)
+    command = reproduce_command(preset, datasets, seeds, given_out, data_root, device, list(extra_overrides or []))
+    study_json = out / "study.json"
+    sessions = _previous_sessions(study_json)
+    started = time.time()
+
+    estimates = {r.name: estimate_seconds(r) for r in plan}
+    states = {r.name: run_state(r.run_dir) for r in plan}
+    todo = [r for r in plan if states[r.name] not in ("evaluated", "diverged")]
+    per_dataset = ", ".join(f"{DATASET_LABELS[d]}: {len(GRID[d])} models x "
+                            f"{sum(1 for r in plan if r.dataset == d) // len(GRID[d])} seed(s)"
+                            for d in dict.fromkeys(r.dataset for r in plan))
+    say(f"latentbench reproduce: preset '{spec.name}' - {spec.description}")
+    say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
+    say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[r.name] for r in todo))} "
+        "on a 2-core CPU (refined as runs finish)")
+
+    def save_state(status: str) -> None:
+        session = {"started": started, "ended": time.time(), "seconds": round(time.time() - started, 1),
+                   "status": status}
+        _write_study(study_json, spec, plan, command, {
+            "status": status, "sessions": [*sessions, session],
+            "wall_seconds": round(sum(s["seconds"] for s in sessions) + session["seconds"], 1)})
+
+    save_state("running")
+    eta = Eta(estimates)
+    cache = _SplitsCache()
+    diverged: list[str] = []
+    current = ""
+    try:
+        for i, run in enumerate(plan, 1):
+            current, state = run.name, states[run.name]
+            tag = f"[{i}/{len(plan)}] {run.name}"
+            if state == "evaluated":
+                say(f"{tag}: finished and evaluated earlier; skipped")
+                continue
+            if state == "diverged":
+                say(f"{tag}: diverged earlier; skipped (delete {run.run_dir} to try again)")
+                diverged.append(run.name)
+                continue
+            t0 = time.perf_counter()
+            if state in ("new", "interrupted"):
+                verb = "resuming from its last checkpoint" if state == "interrupted" else "training"
+                say(f"{tag}: {verb} (up to {run.config.train.epochs} epochs)")
+                try:
+                    train_fn(run.config, run.run_dir, state == "interrupted", cache.get(run.config))
+                except TrainingDiverged as err:
+                    say(f"{tag}: diverged ({err}); continuing with the next run")
+                    diverged.append(run.name)
+                    continue
+            say(f"{tag}: evaluating")
+            evaluate_fn(run.run_dir)
+            took = time.perf_counter() - t0
+            eta.record(run.name, took)
+            pending = [r.name for r in plan[i:] if states[r.name] not in ("evaluated", "diverged")]
+            say(f"{tag}: done in {format_duration(took)}; elapsed {format_duration(time.time() - started)}, "
+                f"about {format_duration(eta.remaining(pending))} left ({len(pending)} run(s))")
+            save_state("running")
+    except (KeyboardInterrupt, TrainingInterrupted):
+        save_state("interrupted")
+        raise TrainingInterrupted(
+            f"study interrupted during {current}; every finished run is kept in {out}. Continue with: {command}"
+        ) from None
+    save_state("finished" if not diverged else "finished with diverged runs")
+    if report:
+        from latentbench.report import build_report
+
+        html, md = build_report(out)
+        say(f"report: {html} and {md}")
+    say(f"study {'finished' if not diverged else 'finished; diverged: ' + ', '.join(diverged)} in "
+        f"{format_duration(time.time() - started)} (this session)")
+    return out
+

@@ -1,0 +1,229 @@
+"""Batched augmentations: per-sample parameters follow the configured ranges, differ per image, and the
+exact cases (zero shift, identity jitter, 'none') reproduce the input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latentbench.augment import (add_noise, apply_color, augment, crop_theta, digit_theta, grayscale,
+                                 sample_color_params, sample_crop_params, sample_digit_params,
+                                 sample_shift_params, shift_theta, view_kind, warp)
+from latentbench.config import AugmentConfig
+
+N = 20_000  # draws for the frequency checks: 4 standard errors of p=0.5 is 0.014
+
+
+def within(t: torch.Tensor, low: float, high: float, eps: float = 1e-6) -> bool:
+    return bool((t >= low - eps).all() and (t <= high + eps).all())
+
+
+def spread(t: torch.Tensor, low: float, high: float) -> bool:
+    """The draws fill most of [low, high] (not a constant, not a sub-range)."""
+    width = high - low
+    return float(t.min()) < low + 0.05 * width and float(t.max()) > high - 0.05 * width
+
+
+def close_to(frac: torch.Tensor, p: float, tol: float = 0.02) -> bool:
+    return abs(float(frac.float().mean()) - p) < tol
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def images(n: int = 16, c: int = 3, size: int = 32) -> torch.Tensor:
+    return torch.rand(n, c, size, size)
+
+
+# ------------------------------------------------------------------------------------------ parameters
+def test_crop_params_follow_scale_ratio_and_flip():
+    scale, ratio = (0.2, 1.0), (0.75, 4 / 3)
+    p = sample_crop_params(N, scale, ratio, flip_p=0.5)
+    assert within(p["area"], *scale) and spread(p["area"], *scale)
+    assert within(p["aspect"], *ratio) and spread(p["aspect"], *ratio)
+    log_aspect = p["aspect"].log()  # log-uniform, as torchvision: its mean is the centre of the log range
+    assert abs(float(log_aspect.mean()) - (math.log(ratio[0]) + math.log(ratio[1])) / 2) < 0.01
+    assert within(p["w"], 0, 1) and within(p["h"], 0, 1)
+    unclamped = (p["w"] < 1) & (p["h"] < 1)
+    assert torch.allclose((p["w"] * p["h"])[unclamped], p["area"][unclamped], rtol=1e-5)
+    # the box lies inside the image: centre +- half side within [-1, 1]
+    assert within(p["cx"] - p["w"], -1, 1) and within(p["cx"] + p["w"], -1, 1)
+    assert within(p["cy"] - p["h"], -1, 1) and within(p["cy"] + p["h"], -1, 1)
+    assert close_to(p["flip"], 0.5)
+
+
+@pytest.mark.parametrize("flip_p", [0.0, 1.0, 0.3])
+def test_flip_probability(flip_p):
+    assert close_to(sample_crop_params(N, (0.5, 1.0), (1.0, 1.0), flip_p)["flip"], flip_p)
+    assert close_to(sample_shift_params(N, 4, 32, 32, flip_p)["flip"], flip_p)
+
+
+def test_color_params_follow_jitter_ranges():
+    cfg = AugmentConfig(jitter_p=0.8, brightness=0.4, contrast=0.3, saturation=0.2, hue=0.1, gray_p=0.2)
+    p = sample_color_params(N, cfg)
+    on = p["jitter"]
+    assert close_to(on, 0.8) and close_to(p["gray"], 0.2)
+    for key, strength in (("brightness", 0.4), ("contrast", 0.3), ("saturation", 0.2)):
+        assert within(p[key][on], 1 - strength, 1 + strength) and spread(p[key][on], 1 - strength, 1 + strength)
+        assert bool((p[key][~on] == 1).all()), f"{key} must be 1 where jitter is off"
+    assert within(p["hue"][on], -0.1, 0.1) and spread(p["hue"][on], -0.1, 0.1)
+    assert bool((p["hue"][~on] == 0).all())
+
+
+def test_color_factor_never_negative():
+    p = sample_color_params(N, AugmentConfig(jitter_p=1.0, brightness=1.5))
+    assert within(p["brightness"], 0.0, 2.5)
+
+
+def test_digit_params_follow_ranges():
+    p = sample_digit_params(N, (0.5, 1.0), rotation_deg=15.0, translate=0.1)
+    assert within(p["area"], 0.5, 1.0) and spread(p["area"], 0.5, 1.0)
+    assert within(p["angle"], -15, 15) and spread(p["angle"], -15, 15)
+    for key in ("tx", "ty"):
+        assert within(p[key], -0.1, 0.1) and spread(p[key], -0.1, 0.1)
+
+
+def test_shift_params_are_whole_pixels_in_range():
+    p = sample_shift_params(N, 4, 32, 32, 0.5)
+    for key in ("dx", "dy"):
+        assert p[key].dtype in (torch.int32, torch.int64)
+        assert set(p[key].tolist()) == set(range(-4, 5))
+
+
+def test_batch_gets_different_parameters_per_image():
+    cfg = AugmentConfig()
+    crop = sample_crop_params(64, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip_p)
+    color = sample_color_params(64, cfg)
+    digit = sample_digit_params(64, (0.5, 1.0), 15.0, 0.1)
+    for params in (crop, color, digit):
+        for key, value in params.items():
+            if value.dtype.is_floating_point and key not in ("w", "h"):
+                assert value.unique().numel() > 32, f"{key} repeats across the batch"
+
+
+# ------------------------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("kind", ["color", "digits", "crop_flip", "none"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_outputs_keep_shape_dtype_and_range(kind, channels):
+    x = images(8, channels, 28)
+    out = augment(x, kind, AugmentConfig())
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["color", "digits", "crop_flip"])
+def test_same_image_gets_different_views(kind):
+    x = images(1, 3, 32).expand(32, -1, -1, -1).contiguous()
+    out = augment(x, kind, AugmentConfig())
+    distinct = {tuple(v.flatten()[::37].tolist()) for v in out}
+    assert len(distinct) > 16
+
+
+def test_channels_last_input_gives_the_same_result():
+    x = images(8)
+    torch.manual_seed(3)
+    a = augment(x, "color", AugmentConfig())
+    torch.manual_seed(3)
+    b = augment(x.contiguous(memory_format=torch.channels_last), "color", AugmentConfig())
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_seeded_augmentation_is_reproducible():
+    x = images(8)
+    torch.manual_seed(7)
+    a = augment(x, "color", AugmentConfig())
+    torch.manual_seed(7)
+    b = augment(x, "color", AugmentConfig())
+    assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------- exact cases
+def test_none_is_identity():
+    x = images()
+    assert torch.equal(augment(x, "none", AugmentConfig()), x)
+
+
+def test_zero_shift_with_flip_equals_torch_flip():
+    x = images(6)
+    p = sample_shift_params(6, 4, 32, 32, flip_p=0.0)
+    p["dx"].zero_()
+    p["dy"].zero_()
+    assert torch.allclose(warp(x, shift_theta(p)), x, atol=1e-6)
+    p["flip"] = torch.ones(6, dtype=torch.bool)
+    assert torch.allclose(warp(x, shift_theta(p)), torch.flip(x, dims=[-1]), atol=1e-6)
+
+
+def test_whole_pixel_shift_moves_pixels_and_pads_with_zeros():
+    x = images(1)
+    p = {"dx": torch.tensor([2]), "dy": torch.tensor([-1]), "flip": torch.tensor([False]), "height": 32,
+         "width": 32}
+    out = warp(x, shift_theta(p))
+    # output pixel (i, j) reads input pixel (i + dy, j + dx)
+    assert torch.allclose(out[..., 1:, :30], x[..., :31, 2:], atol=1e-6)
+    assert float(out[..., :, 30:].abs().max()) == 0.0 and float(out[..., 0, :].abs().max()) == 0.0
+
+
+def test_full_crop_and_neutral_digit_warp_are_identity():
+    x = images(4)
+    one, zero = torch.ones(4), torch.zeros(4)
+    crop = {"w": one, "h": one, "cx": zero, "cy": zero, "flip": torch.zeros(4, dtype=torch.bool)}
+    assert torch.allclose(warp(x, crop_theta(crop), padding="border"), x, atol=1e-6)
+    digit = {"area": one, "angle": zero, "tx": zero, "ty": zero}
+    assert torch.allclose(warp(x, digit_theta(digit)), x, atol=1e-6)
+
+
+def test_neutral_color_jitter_is_identity():
+    x = images(8)
+    one = torch.ones(8)
+    p = {"jitter": torch.ones(8, dtype=torch.bool), "brightness": one, "contrast": one, "saturation": one,
+         "hue": torch.zeros(8), "gray": torch.zeros(8, dtype=torch.bool)}
+    assert torch.allclose(apply_color(x, p), x, atol=1e-5)
+
+
+def test_grayscale_flag_gives_equal_channels_with_luma():
+    x = images(4)
+    p = sample_color_params(4, AugmentConfig(jitter_p=0.0, gray_p=1.0))
+    out = apply_color(x, p)
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    assert torch.allclose(out[:, :1], grayscale(x), atol=1e-5)
+
+
+def test_hue_rotation_keeps_luma_and_changes_colour():
+    x = images(8) * 0.5 + 0.25  # away from the clamp
+    one = torch.ones(8)
+    p = {"jitter": torch.ones(8, dtype=torch.bool), "brightness": one, "contrast": one, "saturation": one,
+         "hue": torch.full((8,), 0.1), "gray": torch.zeros(8, dtype=torch.bool)}
+    out = apply_color(x, p)
+    assert float((out - x).abs().mean()) > 0.01
+    assert torch.allclose(grayscale(out), grayscale(x), atol=2e-3)  # YIQ rotation keeps Y (up to clamping)
+
+
+def test_brightness_factor_scales_pixels():
+    x = images(4) * 0.5
+    one = torch.ones(4)
+    p = {"jitter": torch.ones(4, dtype=torch.bool), "brightness": torch.tensor([0.5, 1.0, 1.5, 2.0]),
+         "contrast": one, "saturation": one, "hue": torch.zeros(4), "gray": torch.zeros(4, dtype=torch.bool)}
+    out = apply_color(x, p)
+    assert torch.allclose(out, (x * p["brightness"].view(-1, 1, 1, 1)).clamp(0, 1), atol=1e-5)
+
+
+def test_noise_has_the_requested_std_and_stays_in_range():
+    x = torch.full((64, 1, 28, 28), 0.5)
+    noisy = add_noise(x.clone(), 0.1)
+    assert abs(float((noisy - x).std()) - 0.1) < 0.005
+    assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    assert add_noise(x, 0.0) is x
+
+
+def test_view_kind_auto():
+    assert view_kind("auto", 3) == "color" and view_kind("auto", 1) == "digits"
+    assert view_kind("crop_flip", 3) == "crop_flip"
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(images(2), "bogus", AugmentConfig())

@@ -1,0 +1,63 @@
+"""Losses against slow, obviously correct references."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
+
+
+def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR (Chen et al. 2020), Algorithm 1, written as loops over the 2N augmented examples."""
+    z = [F.normalize(v, dim=0) for v in torch.cat([p1, p2])]
+    n2 = len(z)
+    n = n2 // 2
+
+    def sim(i, j):
+        return float(torch.dot(z[i], z[j]))
+
+    def ell(i, j):
+        numerator = math.exp(sim(i, j) / temperature)
+        denominator = sum(math.exp(sim(i, k) / temperature) for k in range(n2) if k != i)
+        return -math.log(numerator / denominator)
+
+    total = sum(ell(k, k + n) + ell(k + n, k) for k in range(n))
+    return torch.tensor(total / n2, dtype=torch.float64)
+
+
+def test_nt_xent_matches_paper_loop():
+    torch.manual_seed(0)
+    for n, d, t in [(4, 8, 0.5), (7, 16, 0.1), (2, 3, 1.0)]:
+        p1, p2 = torch.randn(n, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+        assert torch.allclose(nt_xent(p1, p2, t), nt_xent_reference(p1, p2, t), atol=1e-9)
+
+
+def test_nt_xent_is_low_for_matching_views_and_high_for_unrelated():
+    torch.manual_seed(0)
+    p = torch.randn(32, 16)
+    assert nt_xent(p, p + 0.01 * torch.randn_like(p), 0.1) < 0.5
+    assert nt_xent(p, torch.randn_like(p), 0.1) > 2.0
+
+
+def test_nt_xent_gradients_flow_to_both_views():
+    p1, p2 = torch.randn(8, 4, requires_grad=True), torch.randn(8, 4, requires_grad=True)
+    nt_xent(p1, p2, 0.5).backward()
+    assert p1.grad.abs().sum() > 0 and p2.grad.abs().sum() > 0
+
+
+def test_reconstruction_loss_references():
+    x, x_hat = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    assert torch.isclose(reconstruction_loss(x_hat, x, "l1"), (x_hat - x).abs().sum() / x.numel())
+    assert torch.isclose(reconstruction_loss(x_hat, x, "mse"), ((x_hat - x) ** 2).sum() / x.numel())
+    assert reconstruction_loss(x, x, "l1") == 0
+
+
+def test_classification_loss_reference():
+    logits, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    manual = -sum(torch.log_softmax(logits[i], 0)[y[i]] for i in range(5)) / 5
+    assert torch.isclose(classification_loss(logits, y), manual)
+    smooth = classification_loss(logits, y, 0.1)
+    target = torch.full((5, 3), 0.1 / 3)
+    target[torch.arange(5), y] += 0.9
+    assert torch.isclose(smooth, -(target * torch.log_softmax(logits, 1)).sum(1).mean())

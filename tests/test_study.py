@@ -1,0 +1,187 @@
+"""The study: presets as data, the plan, resumability (skip / resume / Ctrl-C) and the smoke pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from latentbench import study
+from latentbench.config import ConfigError, read_toml
+from latentbench.io import atomic_write_json
+from latentbench.study import (GRID, PRESETS, estimate_seconds, load_preset, parse_preset, plan_study, recipe_path,
+                               reproduce, run_state)
+from latentbench.train import Trainer, TrainingInterrupted
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- plan
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_plans_valid_configs_for_the_whole_grid(name, tmp_path):
+    preset = load_preset(name)
+    plan = plan_study(preset, tmp_path)  # loads and validates every run's config
+    cells = {(r.dataset, r.model) for r in plan}
+    assert cells == {(d, m) for d, models in GRID.items() for m in models}
+    assert len({r.run_dir for r in plan}) == len(plan)
+    assert all(r.run_dir.parent == tmp_path / "runs" for r in plan)
+    assert all(estimate_seconds(r) > 0 for r in plan)
+
+
+def test_paper_is_the_recipes_unchanged_with_three_mnist_seeds(tmp_path):
+    plan = plan_study(load_preset("paper"), tmp_path)
+    assert sorted(r.seed for r in plan if r.dataset == "mnist") == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sorted(r.seed for r in plan if r.dataset == "cifar10") == [0] * 5
+    for r in plan:
+        recipe = read_toml(recipe_path(r.dataset, r.model))
+        assert r.config.train.epochs == recipe["train"]["epochs"]
+        assert r.config.data.train_subset == 0 and r.config.data.name == r.dataset
+        assert (r.config.train.lr, r.config.train.batch_size, r.config.model.latent_dim) == (1e-3, 128, 128)
+
+
+def test_quick_is_cheaper_than_paper(tmp_path):
+    cost = {name: sum(estimate_seconds(r) for r in plan_study(load_preset(name), tmp_path))
+            for name in ("smoke", "quick", "paper")}
+    assert cost["smoke"] < cost["quick"] <= 15 * 60 < cost["paper"]
+
+
+def test_recipes_are_read_from_configs_in_one_place():
+    for dataset, models in GRID.items():
+        for model in models:
+            assert recipe_path(dataset, model).resolve() == (REPO / "configs" / f"{dataset}_{model}.toml").resolve()
+
+
+def test_overrides_seeds_and_dataset_selection(tmp_path):
+    preset = load_preset("smoke")
+    plan = plan_study(preset, tmp_path, datasets=["MNIST"], seeds=3, user_overrides=["train.epochs=1"])
+    assert {r.dataset for r in plan} == {"mnist"} and len(plan) == 9
+    assert all(r.config.train.epochs == 1 for r in plan)  # --set wins over the preset
+    assert [r.config.train.seed for r in plan[:3]] == [0, 1, 2]
+    assert "--set train.epochs=1" in plan[0].command() and 'name="mnist_autoencoder_s0"' in plan[0].command()
+    with pytest.raises(ConfigError, match="unknown dataset 'svhn'"):
+        plan_study(preset, tmp_path, datasets=["svhn"])
+    with pytest.raises(ConfigError, match="train.epochs must be > 0"):
+        plan_study(preset, tmp_path, user_overrides=["train.epochs=0"])
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        load_preset("fast")
+    with pytest.raises(ConfigError, match="unknown key 'mnist.epochs'"):
+        parse_preset("bad", {"mnist": {"epochs": 3}})
+    with pytest.raises(ConfigError, match="not in the grid"):
+        parse_preset("bad", {"mnist": {"models": {"denoising": []}}})
+
+
+# -------------------------------------------------------------------------------------- resumability
+class Calls:
+    """Counting stand-ins for training and evaluation (training is real; evaluation writes a stub)."""
+
+    def __init__(self, fail_eval_at: int = 0):
+        self.trained: list[tuple[str, bool]] = []
+        self.evaluated: list[str] = []
+        self.fail_eval_at = fail_eval_at
+
+    def train(self, cfg, run_dir, resume, splits):
+        self.trained.append((run_dir.name, resume))
+        return study._default_train(cfg, run_dir, resume, splits)
+
+    def evaluate(self, run_dir: Path) -> dict:
+        if self.fail_eval_at and len(self.evaluated) + 1 == self.fail_eval_at:
+            raise KeyboardInterrupt
+        self.evaluated.append(run_dir.name)
+        atomic_write_json(run_dir / "metrics.json", {"run": run_dir.name, "metrics": {}, "protocol": {},
+                                                    "figures": {}, "seconds": {}})
+        return {}
+
+
+def quiet_reproduce(out: Path, calls: Calls, **kw):
+    return reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None,
+                     report=False, **kw)
+
+
+def test_ctrl_c_in_training_then_resume_then_skip_everything(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    original = Trainer.train_epoch
+
+    def interrupt_fourth_run(self, progress):  # Ctrl-C during the 2nd epoch of the 4th run
+        if self.cfg.name == "mnist_supervised_s1" and self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_fourth_run)
+    first = Calls()
+    with pytest.raises(TrainingInterrupted, match="Continue with: latentbench reproduce --preset smoke"):
+        quiet_reproduce(out, first, datasets=["mnist"])
+    runs = out / "runs"
+    assert [name for name, _ in first.trained] == ["mnist_autoencoder_s0", "mnist_autoencoder_s1",
+                                                   "mnist_supervised_s0", "mnist_supervised_s1"]
+    assert first.evaluated == ["mnist_autoencoder_s0", "mnist_autoencoder_s1", "mnist_supervised_s0"]
+    assert run_state(runs / "mnist_supervised_s1") == "interrupted"
+    assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
+    kept = {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoints/last.pt") if "supervised_s1" not in str(p)}
+
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    second = Calls(fail_eval_at=2)  # and a Ctrl-C during an evaluation
+    with pytest.raises(TrainingInterrupted):
+        quiet_reproduce(out, second, datasets=["mnist"])
+    assert second.trained[0] == ("mnist_supervised_s1", True)  # resumed, not restarted
+    history = (runs / "mnist_supervised_s1" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 2  # header + epoch 1 (before Ctrl-C) + epoch 2 (after resume)
+    assert run_state(runs / "mnist_contrastive_s0") == "trained"  # trained, its evaluation interrupted
+
+    third = Calls()
+    quiet_reproduce(out, third, datasets=["mnist"])
+    assert ("mnist_contrastive_s0", False) not in third.trained  # only evaluated again
+    assert "mnist_contrastive_s0" in third.evaluated
+    assert all(run_state(runs / f"mnist_{m}_s{s}") == "evaluated" for m in GRID["mnist"] for s in (0, 1))
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were never touched again
+
+    fourth = Calls()
+    quiet_reproduce(out, fourth, datasets=["mnist"])
+    assert fourth.trained == [] and fourth.evaluated == []
+    assert json.loads((out / "study.json").read_text())["status"] == "finished"
+    assert len(json.loads((out / "study.json").read_text())["sessions"]) == 4
+
+
+def test_changed_settings_are_refused_not_mixed(tmp_path):
+    out = tmp_path / "study"
+    calls = Calls()
+    quiet_reproduce(out, calls, datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+    with pytest.raises(ConfigError, match=r"different settings .*train.max_steps: 2 -> 3"):
+        quiet_reproduce(out, Calls(), datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=3"])
+    # where the data lives or which device runs it does not change what a run computes
+    quiet_reproduce(out, Calls(), datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"],
+                    data_root=str(tmp_path), device="cpu")
+
+
+# ---------------------------------------------------------------------------------------- end to end
+def test_smoke_preset_end_to_end_and_rerun_skips_everything(tmp_path):
+    pytest.importorskip("latentbench.evaluate")
+    from latentbench.cli import main as cli_main
+
+    out = tmp_path / "smoke"
+    start = time.perf_counter()
+    assert cli_main(["reproduce", "--preset", "smoke", "--out", str(out)]) == 0
+    seconds = time.perf_counter() - start
+    assert seconds < 60, f"smoke preset took {seconds:.0f} s"
+    plan = plan_study(load_preset("smoke"), out)
+    page = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for title in ("Table 1 - MNIST", "Table 2 - CIFAR-10", "Table 3 - CIFAR-10"):
+        assert title in page and title in md
+    for run in plan:
+        assert run_state(run.run_dir) == "evaluated"
+        metrics = json.loads((run.run_dir / "metrics.json").read_text())
+        for fig in ("reconstructions", "interpolation", "tsne", "curves"):
+            assert (run.run_dir / metrics["figures"][fig]).is_file()
+        assert run.name in page
+    groups = {(r.dataset, r.model) for r in plan}
+    assert page.count("data:image/png;base64,") >= 4 * len(groups)
+    assert "not run" not in md and "finished, not evaluated" not in md
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*") if p.is_file()}
+    stamps.update({p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")})
+    calls = Calls()
+    reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None)
+    assert calls.trained == [] and calls.evaluated == []
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

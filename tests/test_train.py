@@ -1,0 +1,119 @@
+"""The training loop and the CLI end to end on synthetic data: run directory contents, early stopping,
+batching, seeding, max_steps."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from latentbench.cli import main
+from latentbench.config import load_config
+from latentbench.data import BatchLoader, ImageData, load_splits, split_train_val
+from latentbench.io import safe_torch_load
+from latentbench.train import EarlyStopping, read_history, train
+
+
+def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
+    code = main(["train", "--set", 'data.name="synthetic"', "--set", "data.synthetic_train=300",
+                 "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.threads=1",
+                 "--set", 'objective.name="supervised"', "--out", str(tmp_path)])
+    assert code == 0
+    run = tmp_path / "synthetic_supervised_s0"
+    for name in ("config.json", "run_info.json", "history.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["objective"]["name"] == "supervised"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and info["epochs_done"] == 2 and info["device"] == "cpu"
+    assert info["precision"] == "float32" and info["torch"] == torch.__version__
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_acc", "seconds", "lr"} <= set(rows[0])
+    state = safe_torch_load(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and "optimizer" in state and "rng" in state
+    assert "epoch 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", ["autoencoder", "supervised", "contrastive"])
+def test_training_lowers_the_training_loss(tiny, objective):
+    cfg = tiny(objective, extra=["train.epochs=4", "train.patience=0"])
+    history = read_history(train(cfg) / "history.csv")
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_early_stopping_stops_and_best_checkpoint_is_the_best_epoch(tiny):
+    cfg = tiny("autoencoder", extra=["train.epochs=50", "train.patience=2", "train.lr=0.05"])
+    run = train(cfg)
+    history = read_history(run / "history.csv")
+    assert len(history) < 50
+    best = safe_torch_load(run / "checkpoints" / "best.pt")
+    maes = [row["val_mae"] for row in history]
+    assert best["epoch"] == maes.index(min(maes)) + 1 and best["value"] == pytest.approx(min(maes))
+    info = json.loads((run / "run_info.json").read_text())
+    assert "early stopping" in info["stop_reason"]
+
+
+def test_max_steps_is_a_tiny_budget_mode(tiny):
+    run = train(tiny("contrastive", extra=["train.max_steps=3", "train.epochs=10"]))
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["steps"] == 3 and "max_steps" in info["stop_reason"]
+
+
+def test_same_seed_same_weights_different_seed_different(tiny, tmp_path):
+    def weights(seed, name):
+        run = train(tiny("contrastive", extra=[f"train.seed={seed}", f'name="{name}"', "train.max_steps=4"]))
+        return safe_torch_load(run / "checkpoints" / "last.pt")["objective"]
+
+    a, b, c = weights(1, "a"), weights(1, "b"), weights(2, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_early_stopping_modes():
+    es = EarlyStopping("max", patience=2)
+    assert es.update(0.5, 0) and not es.update(0.4, 1) and not es.should_stop
+    assert not es.update(0.5, 2) and es.should_stop and es.best_epoch == 0
+    assert EarlyStopping("min", 0).update(1.0, 0)
+
+
+def test_batch_loader_covers_each_image_once_per_epoch_and_reshuffles():
+    data = ImageData(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.arange(100))
+    loader = BatchLoader(data, 10, shuffle=True, drop_last=True, seed=0)
+    loader.set_epoch(0)
+    first = torch.cat([y for _, y in loader])
+    assert sorted(first.tolist()) == list(range(100))
+    loader.set_epoch(1)
+    second = torch.cat([y for _, y in loader])
+    assert not torch.equal(first, second)
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.float32 and x.max() <= 1.0
+    loader.set_epoch(1, start_batch=3)
+    assert torch.equal(torch.cat([y for _, y in loader]), second[30:])
+
+
+def test_batch_loader_shards_each_global_batch_across_ranks():
+    data = ImageData(torch.zeros(64, 1, 2, 2, dtype=torch.uint8), torch.arange(64))
+    whole = [y for _, y in BatchLoader(data, 16, True, True, seed=3)]
+    parts = [[y for _, y in BatchLoader(data, 16, True, True, seed=3, rank=r, world_size=2)] for r in range(2)]
+    for b, y in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][b], parts[1][b]]), y)
+
+
+def test_split_is_deterministic_disjoint_and_sized():
+    data = ImageData(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000))
+    train_a, val_a = split_train_val(data, 0.1, seed=0)
+    train_b, val_b = split_train_val(data, 0.1, seed=0)
+    assert len(val_a) == 100 and len(train_a) == 900
+    assert torch.equal(val_a.y, val_b.y)
+    assert not set(val_a.y.tolist()) & set(train_a.y.tolist())
+    assert not torch.equal(split_train_val(data, 0.1, seed=1)[1].y, val_a.y)
+
+
+def test_synthetic_dataset_spec_and_classes():
+    cfg = load_config(None, ['data.name="synthetic"', "data.channels=3", "data.image_size=32",
+                             "data.synthetic_train=200", "data.synthetic_test=50"])
+    splits = load_splits(cfg.data)
+    assert splits.spec.shape == (3, 32, 32) and splits.spec.num_classes == 10
+    assert len(splits.train) == 180 and len(splits.val) == 20 and len(splits.test) == 50
+    assert splits.train.x.dtype == torch.uint8 and len(splits.spec.mean) == 3
