@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from latentbench.augment import (add_noise, apply_color, augment, crop_theta, digit_theta, grayscale,
-                                 sample_color_params, sample_crop_params, sample_digit_params,
+from latentbench.augment import (add_noise, affine_grid, apply_color, augment, crop_theta, digit_theta,
+                                 grayscale, sample_color_params, sample_crop_params, sample_digit_params,
                                  sample_shift_params, shift_theta, view_kind, warp)
 from latentbench.config import AugmentConfig
 
@@ -142,6 +143,13 @@ def test_seeded_augmentation_is_reproducible():
 
 
 # --------------------------------------------------------------------------------------- exact cases
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (4, 3, 32, 20)])
+def test_affine_grid_matches_torch(shape):
+    theta = torch.randn(shape[0], 2, 3)
+    expected = F.affine_grid(theta, list(shape), align_corners=False)
+    assert torch.allclose(affine_grid(theta, shape[2], shape[3]), expected, atol=1e-5)
+
+
 def test_none_is_identity():
     x = images()
     assert torch.equal(augment(x, "none", AugmentConfig()), x)

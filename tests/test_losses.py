@@ -51,6 +51,10 @@ def test_reconstruction_loss_references():
     assert torch.isclose(reconstruction_loss(x_hat, x, "l1"), (x_hat - x).abs().sum() / x.numel())
     assert torch.isclose(reconstruction_loss(x_hat, x, "mse"), ((x_hat - x) ** 2).sum() / x.numel())
     assert reconstruction_loss(x, x, "l1") == 0
+    assert torch.isclose(reconstruction_loss(x_hat, x, "l1+mse"),
+                         reconstruction_loss(x_hat, x, "l1") + reconstruction_loss(x_hat, x, "mse"))
+    bce = -(x * torch.log(x_hat) + (1 - x) * torch.log(1 - x_hat)).mean()
+    assert torch.isclose(reconstruction_loss(x_hat, x, "bce"), bce, atol=1e-5)
 
 
 def test_classification_loss_reference():

@@ -1,10 +1,11 @@
 """Exact resume: an interrupted and resumed run ends bit-identical to an uninterrupted one.
 
 On CPU with ``train.deterministic = true``: 2 epochs + resume + 2 epochs == 4 epochs (every state_dict
-tensor ``torch.equal``, history.csv identical except its ``seconds`` column), for every objective and both
-encoders; the same after a Ctrl-C in the middle of an epoch (raised inside a step, after the step drew its
-random numbers), after a Ctrl-C during a weight update, and through the CLI. Plus: which config changes a
-resume refuses, and checkpoints saved on a GPU loading on a CPU-only machine (simulated).
+tensor ``torch.equal``, optimizer state too, history.csv identical except its ``seconds`` column), for every
+objective and both encoders; the same after a real SIGINT inside a step (the step finishes, ``last`` is saved
+mid-epoch), after a KeyboardInterrupt that bypasses the handler (nothing torn is saved), with a one-cycle
+schedule, and through the CLI. Plus: which config changes a resume refuses, and checkpoints saved on a GPU
+loading on a CPU-only machine (simulated: no GPU here).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from latentbench import cli
 from latentbench.config import ConfigError
 from latentbench.data import BatchLoader
 from latentbench.io import atomic_torch_save, safe_torch_load
-from latentbench.train import RunPaths, Trainer, TrainingInterrupted, train
+from latentbench.train import RunPaths, Trainer, TrainingInterrupted, make_optimizer, train
 
 STEPS_PER_EPOCH = 5  # 180 training images (200 minus 10% validation) in batches of 32, last one dropped
 
@@ -190,14 +191,15 @@ def test_resume_of_a_finished_run_restores_a_lagging_history(tiny, tmp_path):
 
 
 def fake_gpu_checkpoint(path: Path) -> None:
-    """Rewrite ``path`` as a GPU run would have saved it: fused-Adam flags and every storage tagged cuda:0.
+    """Rewrite ``path`` as a GPU run could have saved it: CUDA-only Adam flags (capturable, for CUDA graphs)
+    and every storage tagged cuda:0.
 
     No GPU here, so the storages' location tags are forged at save time; without ``map_location`` torch
     then refuses to load the file on a CPU-only machine, exactly as with a real GPU checkpoint.
     """
     state = safe_torch_load(path)
     for group in state["optimizer"]["param_groups"]:
-        group.update(fused=True, foreach=None, capturable=False)
+        group.update(fused=None, foreach=None, capturable=True)
     from torch import serialization
 
     original = serialization.location_tag
@@ -219,7 +221,8 @@ def test_gpu_checkpoint_resumes_on_cpu(tiny, tmp_path):
     trainer = Trainer(small(tiny, "supervised", "mlp", 2), RunPaths(run))
     trainer.restore(last)
     group = trainer.optimizer.param_groups[0]
-    assert not group["fused"] and group["foreach"]  # this machine's kernels, not the GPU's
+    own = make_optimizer(trainer.objective.parameters(), trainer.cfg, trainer.device).param_groups[0]
+    assert all(group[k] == own[k] for k in ("fused", "foreach", "capturable"))  # this machine's kernels
     assert all(s["step"].device.type == "cpu" for s in trainer.optimizer.state.values())
     train(small(tiny, "supervised", "mlp", 2), run, resume=True)
     assert safe_torch_load(last)["epoch"] == 2

@@ -180,12 +180,21 @@ def test_corrupt_checkpoint_gives_an_error_naming_the_file(tmp_path, capsys, dam
     assert_user_error(code, err, f"'{last}' is corrupt or truncated", "Delete it")
 
 
-def test_damaged_config_json_gives_an_error_naming_the_file(tmp_path, capsys):
+def test_damaged_config_json_falls_back_to_the_checkpoint_copy(tmp_path, capsys):
     out = tmp_path / "runs"
     assert cli.main(cli_args(out, "train.epochs=1")) == 0
-    (out / "run" / "config.json").write_text('{"train": {"epochs": ')
+    config = out / "run" / "config.json"
+    good = json.loads(config.read_text())
+    config.write_text('{"train": {"epochs": ')
+    code, err = run_cli(capsys, ["train", "--resume", str(out / "run"), "--set", "train.epochs=2"])
+    assert code == 0, err
+    assert f"latentbench: warning: '{config}' is not valid JSON" in err and "using the copy of the config" in err
+    good["train"]["epochs"] = 2
+    assert json.loads(config.read_text()) == good  # repaired
+    (out / "run" / "checkpoints" / "last.pt").unlink()
+    config.write_text("[1, 2")
     code, err = run_cli(capsys, ["train", "--resume", str(out / "run")])
-    assert_user_error(code, err, f"'{out / 'run' / 'config.json'}' is not valid JSON")
+    assert_user_error(code, err, f"'{config}' is not valid JSON")
 
 
 def test_resume_of_a_folder_that_is_no_run(tmp_path, capsys):

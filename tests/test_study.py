@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from latentbench import study
-from latentbench.config import ConfigError, read_toml
+from latentbench.config import ConfigError, load_config
 from latentbench.io import atomic_write_json
-from latentbench.study import (GRID, PRESETS, estimate_seconds, load_preset, parse_preset, plan_study, recipe_path,
+from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset, plan_study, recipe_path,
                                reproduce, run_state)
 from latentbench.train import Trainer, TrainingInterrupted
 
@@ -35,10 +35,9 @@ def test_paper_is_the_recipes_unchanged_with_three_mnist_seeds(tmp_path):
     assert sorted(r.seed for r in plan if r.dataset == "mnist") == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert sorted(r.seed for r in plan if r.dataset == "cifar10") == [0] * 5
     for r in plan:
-        recipe = read_toml(recipe_path(r.dataset, r.model))
-        assert r.config.train.epochs == recipe["train"]["epochs"]
+        recipe = load_config(recipe_path(r.dataset, r.model), [f"train.seed={r.seed}"]).to_dict()
+        assert config_differences(recipe, r.config.to_dict()) == []  # every value is the recipe's
         assert r.config.data.train_subset == 0 and r.config.data.name == r.dataset
-        assert (r.config.train.lr, r.config.train.batch_size, r.config.model.latent_dim) == (1e-3, 128, 128)
 
 
 def test_quick_is_cheaper_than_paper(tmp_path):
@@ -85,12 +84,15 @@ class Calls:
         self.trained.append((run_dir.name, resume))
         return study._default_train(cfg, run_dir, resume, splits)
 
-    def evaluate(self, run_dir: Path) -> dict:
+    def evaluate(self, run_dir: Path, splits) -> dict:
         if self.fail_eval_at and len(self.evaluated) + 1 == self.fail_eval_at:
-            raise KeyboardInterrupt
+            atomic_write_json(run_dir / "metrics.json", {"metrics": {}, "figures": {"tsne": "figures/tsne.png"}})
+            raise KeyboardInterrupt  # metrics.json of a half-done evaluation: its figure is missing
         self.evaluated.append(run_dir.name)
+        (run_dir / "figures").mkdir(exist_ok=True)
+        (run_dir / "figures" / "tsne.png").write_bytes(b"png")
         atomic_write_json(run_dir / "metrics.json", {"run": run_dir.name, "metrics": {}, "protocol": {},
-                                                    "figures": {}, "seconds": {}})
+                                                    "figures": {"tsne": "figures/tsne.png"}, "seconds": {}})
         return {}
 
 
@@ -111,7 +113,7 @@ def test_ctrl_c_in_training_then_resume_then_skip_everything(tmp_path, monkeypat
     monkeypatch.setattr(Trainer, "train_epoch", interrupt_fourth_run)
     first = Calls()
     with pytest.raises(TrainingInterrupted, match="Continue with: latentbench reproduce --preset smoke"):
-        quiet_reproduce(out, first, datasets=["mnist"])
+        quiet_reproduce(out, first, datasets=["mnist"], seeds=2)
     runs = out / "runs"
     assert [name for name, _ in first.trained] == ["mnist_autoencoder_s0", "mnist_autoencoder_s1",
                                                    "mnist_supervised_s0", "mnist_supervised_s1"]
@@ -123,21 +125,21 @@ def test_ctrl_c_in_training_then_resume_then_skip_everything(tmp_path, monkeypat
     monkeypatch.setattr(Trainer, "train_epoch", original)
     second = Calls(fail_eval_at=2)  # and a Ctrl-C during an evaluation
     with pytest.raises(TrainingInterrupted):
-        quiet_reproduce(out, second, datasets=["mnist"])
+        quiet_reproduce(out, second, datasets=["mnist"], seeds=2)
     assert second.trained[0] == ("mnist_supervised_s1", True)  # resumed, not restarted
     history = (runs / "mnist_supervised_s1" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2  # header + epoch 1 (before Ctrl-C) + epoch 2 (after resume)
     assert run_state(runs / "mnist_contrastive_s0") == "trained"  # trained, its evaluation interrupted
 
     third = Calls()
-    quiet_reproduce(out, third, datasets=["mnist"])
+    quiet_reproduce(out, third, datasets=["mnist"], seeds=2)
     assert ("mnist_contrastive_s0", False) not in third.trained  # only evaluated again
     assert "mnist_contrastive_s0" in third.evaluated
     assert all(run_state(runs / f"mnist_{m}_s{s}") == "evaluated" for m in GRID["mnist"] for s in (0, 1))
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were never touched again
 
     fourth = Calls()
-    quiet_reproduce(out, fourth, datasets=["mnist"])
+    quiet_reproduce(out, fourth, datasets=["mnist"], seeds=2)
     assert fourth.trained == [] and fourth.evaluated == []
     assert json.loads((out / "study.json").read_text())["status"] == "finished"
     assert len(json.loads((out / "study.json").read_text())["sessions"]) == 4
@@ -163,7 +165,7 @@ def test_smoke_preset_end_to_end_and_rerun_skips_everything(tmp_path):
     start = time.perf_counter()
     assert cli_main(["reproduce", "--preset", "smoke", "--out", str(out)]) == 0
     seconds = time.perf_counter() - start
-    assert seconds < 60, f"smoke preset took {seconds:.0f} s"
+    assert seconds < 90, f"smoke preset took {seconds:.0f} s"  # ~40 s on an idle 2-core CPU; slack for load
     plan = plan_study(load_preset("smoke"), out)
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from latentbench.config import AugmentConfig
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          dtype=torch.float64)
+YIQ_TO_RGB = torch.linalg.inv(RGB_TO_YIQ)  # computed once, not per batch
 
 
 def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
@@ -100,9 +103,27 @@ def shift_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
     return theta
 
 
+def _pixel_centres(size: int, device, dtype) -> torch.Tensor:
+    """Pixel-centre coordinates in [-1, 1], as ``affine_grid(align_corners=False)`` places them."""
+    return (torch.arange(size, device=device, dtype=dtype) * 2 + 1) / size - 1
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` as two broadcast multiply-adds.
+
+    Same grid (to float rounding) at about half the cost on CPU: no base-grid tensor and no batched matmul.
+    """
+    t = theta.reshape(-1, 6, 1, 1)
+    xs = _pixel_centres(width, theta.device, theta.dtype).view(1, 1, width)
+    ys = _pixel_centres(height, theta.device, theta.dtype).view(1, height, 1)
+    gx = torch.addcmul(t[:, 1] * ys + t[:, 2], t[:, 0], xs)  # (B, H, W)
+    gy = torch.addcmul(t[:, 4] * ys + t[:, 5], t[:, 3], xs)
+    return torch.stack([gx, gy], dim=-1)
+
+
 def warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """Resample every image of ``x`` (B, C, H, W) through its own affine map ``theta`` (B, 2, 3)."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
@@ -134,9 +155,7 @@ def sample_color_params(n: int, cfg: AugmentConfig, device="cpu") -> dict[str, t
 
 def _rotate_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     """Rotate chroma by ``hue`` turns (fraction of 360 degrees) in YIQ space."""
-    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                              device=x.device, dtype=x.dtype)
-    yiq_to_rgb = torch.linalg.inv(rgb_to_yiq)
+    rgb_to_yiq, yiq_to_rgb = (m.to(x.device, x.dtype) for m in (RGB_TO_YIQ, YIQ_TO_RGB))
     angle = hue * 2 * math.pi
     cos, sin = angle.cos(), angle.sin()
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)

@@ -57,7 +57,7 @@ class ModelConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = "autoencoder"  # autoencoder | supervised | contrastive
-    recon_loss: str = "l1"  # l1 | mse; L1 is what the report's MAE measures
+    recon_loss: str = "l1"  # l1 | mse | l1+mse | bce; L1 is what the report's MAE measures
     noise_std: float = 0.0  # Gaussian input noise (pixels in [0,1]); > 0 makes it denoising
     label_smoothing: float = 0.0  # supervised cross-entropy
     temperature: float = 0.5  # NT-Xent temperature (SimCLR's CIFAR value)
@@ -124,6 +124,14 @@ class EvalConfig:
     interp_indices: list[int] = field(default_factory=list)  # explicit test indices (override classes)
     batch_size: int = 1024  # inference batch
     seed: int = 0
+    # added by the evaluation (issue 3):
+    probe_batch_size: int = 128  # MLP and decoder probes' minibatch (the report's batch size)
+    probe_standardize: bool = True  # MLP probe sees z standardised by train mean/std (scale-free across encoders)
+    linear_max_iter: int = 300  # L-BFGS iterations of the logistic-regression probes (converges in ~100)
+    alignment_points: int = 5000  # test images (two augmented views each) for alignment; uniformity on the same
+    trust_points: int = 2000  # t-SNE points scored by trustworthiness (its cost is quadratic)
+    tsne_iters: int = 250  # openTSNE iterations after early exaggeration (its default 500: 2x slower, same trust)
+    pca_dims: int = 128  # the pixel-PCA baseline's dimensions (= the report's latent size)
 
 
 @dataclass
@@ -145,7 +153,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "objective.recon_loss": ("l1", "mse"),
+    "objective.recon_loss": ("l1", "mse", "l1+mse", "bce"),
     "objective.augment": ("auto", "digits", "color", "none"),
     "objective.supervised_augment": ("none", "crop_flip", "digits"),
     "train.schedule": ("constant", "cosine", "onecycle"),
@@ -158,11 +166,15 @@ POSITIVE = {
     "eval.batch_size", "eval.interp_steps", "objective.temperature", "objective.proj_dim",
     "objective.proj_hidden", "model.classifier_hidden", "data.synthetic_train", "data.synthetic_test",
     "eval.probe_epochs", "eval.knn_temperature", "eval.tsne_perplexity",
+    "eval.probe_batch_size", "eval.linear_c", "eval.linear_max_iter", "eval.tsne_iters", "eval.pca_dims",
+    "eval.probe_lr",
 }
 NON_NEGATIVE = {
     "train.weight_decay", "objective.noise_std", "objective.recon_weight", "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
+    "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",
+    "eval.alignment_points", "eval.trust_points",
 }
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
@@ -198,10 +210,20 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _all_keys() -> list[str]:
+    return list(flatten(RunConfig().to_dict()))
+
+
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     section, _, leaf = key.rpartition(".")
     close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{section + '.' if section else ''}{close[0]}'?" if close else ""
+    elsewhere = [k for k in _all_keys() if k.rpartition(".")[2] == leaf]
+    if close:
+        hint = f" Did you mean '{section + '.' if section else ''}{close[0]}'?"
+    elif elsewhere:
+        hint = f" Did you mean '{elsewhere[0]}'?"
+    else:
+        hint = ""
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}.")
 
 

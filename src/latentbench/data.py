@@ -161,14 +161,16 @@ def _decode(path: Path, channels: int) -> tuple[torch.Tensor, int]:
     """
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    data = read_file(str(path))
-    try:
-        raw = decode_image(data, mode=ImageReadMode.UNCHANGED)
-    except RuntimeError:
-        return _decode_pil(path, channels)
-    own = _own_channels(data, raw)
-    if own != channels:
-        raw = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (for TorchCodec), once per call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = read_file(str(path))
+        try:
+            raw = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        except RuntimeError:
+            return _decode_pil(path, channels)
+        own = _own_channels(data, raw)
+        if raw.shape[-3] != channels:  # also a palette PNG, whose raw plane holds indices
+            raw = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
     if raw.dim() == 4:
         raw = raw[0]
     return _to_uint8(raw), own
@@ -472,7 +474,8 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         total_sq += (c * c).sum(dim=(0, 2, 3))
     count = x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / count
-    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+    std = torch.where(std < 1e-3, torch.ones_like(std), std)  # a constant channel: no scaling (not x / 0 = inf)
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 

@@ -6,7 +6,8 @@ Started by torchrun, every process reads RANK, WORLD_SIZE and LOCAL_RANK from th
 one process group: NCCL on GPUs, gloo on CPU. A plain ``latentbench train`` is a world of one and none
 of this does anything. What lives here:
 
-* :func:`init` / :func:`shutdown` - join the group torchrun described; tear down only a group we made.
+* :func:`init` / :func:`shutdown` - join the group torchrun described once per process (several runs in
+  one process, as in a study, share it); a group made here is destroyed at exit.
 * :func:`gather_with_grad` - every rank's ``(N, D)`` tensor concatenated in rank order, with gradients
   flowing back to each rank's part (SimCLR's global-batch negatives).
 * :func:`convert_sync_batchnorm` - BatchNorm statistics over the global batch: PyTorch's
@@ -23,6 +24,7 @@ and work under ``torch.compile``.
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine (torchrun's --nproc-per-node)
 
     @property
     def enabled(self) -> bool:
@@ -54,10 +57,11 @@ _OWNED_GROUP = False  # True when init() created the process group (so shutdown(
 def env_info() -> DistInfo:
     """This process's place in the run: from torchrun's environment, else the live process group."""
     if "WORLD_SIZE" in os.environ:
-        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]),
-                        int(os.environ.get("LOCAL_RANK", 0)))
+        world = int(os.environ["WORLD_SIZE"])
+        return DistInfo(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), dist.get_rank())
+        return DistInfo(dist.get_rank(), dist.get_world_size(), dist.get_rank(), dist.get_world_size())
     return DistInfo()
 
 
@@ -83,19 +87,19 @@ def init(device: torch.device) -> DistInfo:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend=backend_for(device), **kwargs)
         _OWNED_GROUP = True
+        atexit.register(shutdown)
     return info
 
 
-def shutdown(clean: bool = True) -> None:
-    """Destroy the process group if :func:`init` created it; ``clean``: wait for every rank first.
+def shutdown() -> None:
+    """Destroy the process group if :func:`init` created it (registered to run at exit).
 
-    After an error on some ranks a barrier could wait forever, so it is skipped; torchrun then ends
-    the remaining workers.
+    No barrier here: after an error on one rank the others may be waiting inside a collective, and
+    torchrun ends them once this process exits. A finished run meets the other ranks at a barrier
+    first (see ``train.train``), so no collective is in flight when the group goes.
     """
     global _OWNED_GROUP
     if _OWNED_GROUP and is_initialized():
-        if clean:
-            dist.barrier()
         dist.destroy_process_group()
     _OWNED_GROUP = False
 
@@ -143,7 +147,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (x.dim() - 2)
         local_count = x.new_full((1,), x.numel() // x.shape[1])
         sums = _all_reduce_sum_with_grad(torch.cat([x.sum(dims), local_count]))  # (C + 1,)
-        count = float(sums[-1].detach())
+        count = sums[-1].detach()  # a tensor, not a float: no host sync, no torch.compile graph break
         mean = sums[:-1] / count
         centred = x - mean.view(shape)
         var = _all_reduce_sum_with_grad(centred.pow(2).sum(dims)) / count
@@ -155,7 +159,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.num_batches_tracked.add_(1)
                 factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(var.detach() * count / max(count - 1, 1), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1).clamp_min(1), factor)
         return y
 
 

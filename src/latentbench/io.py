@@ -111,7 +111,7 @@ def safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        found = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line][:1]
+        found = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()][:1]
         if found:  # a well-formed pickle that names a class or function: refuse, never unpickle it
             raise RunFileError(
                 f"'{path}' holds Python objects besides tensors and plain data ({found[0]}); "

@@ -13,12 +13,20 @@ import torch.nn.functional as F
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Mean per-pixel error between reconstruction ``x_hat`` and target ``x`` (both (B, C, H, W))."""
+    """Mean per-pixel loss between reconstruction ``x_hat`` and target ``x`` (both (B, C, H, W), in [0, 1]).
+
+    ``l1``: |x_hat - x|; ``mse``: (x_hat - x)^2; ``l1+mse``: their sum (MSE's smooth start, L1's exact
+    background); ``bce``: binary cross-entropy with pixel intensities as soft targets.
+    """
     if kind == "l1":
         return F.l1_loss(x_hat, x)
     if kind == "mse":
         return F.mse_loss(x_hat, x)
-    raise ValueError(f"unknown reconstruction loss '{kind}' (l1 | mse)")
+    if kind == "l1+mse":
+        return F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
+    if kind == "bce":
+        return F.binary_cross_entropy(x_hat.float().clamp(1e-6, 1 - 1e-6), x.float())
+    raise ValueError(f"unknown reconstruction loss '{kind}' (l1 | mse | l1+mse | bce)")
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -38,7 +46,8 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     the one-process loss on the concatenated batch, and with DDP's gradient averaging so does the
     update (tested in tests/test_distributed.py). Similarities are computed in float32 even under AMP.
     """
-    z = F.normalize(torch.cat([p1, p2]).float(), dim=1)  # (2N, D): local anchors, float32 even under AMP
+    at_least_fp32 = torch.promote_types(p1.dtype, torch.float32)  # float32 even under AMP; float64 stays
+    z = F.normalize(torch.cat([p1, p2]).to(at_least_fp32), dim=1)  # (2N, D): local anchors
     n = p1.shape[0]
     if gather is None:
         keys, offset, world_n = z, 0, n

@@ -124,7 +124,9 @@ class ContrastiveObjective(Objective):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
         n = x.shape[0]
-        views = torch.cat([self.view(x), self.view(x)])  # one encoder pass for both views (shared BN stats)
+        # Both views in one batched augmentation call (parameters drawn per row, so the two copies of an
+        # image get independent views) and one encoder pass (shared BN statistics).
+        views = self.view(torch.cat([x, x]))
         p = self.projector(self.encoder(views))
         contrastive = nt_xent(p[:n], p[n:], self.temperature, self.gather, self.rank)
         stats: Stats = {"nt_xent": contrastive.detach()}

@@ -95,7 +95,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, m
     Full-batch L-BFGS; ``init`` warm-starts from another fit (for a sweep over ``C``). Returns the fitted
     ``nn.Linear(D, num_classes)`` and the number of L-BFGS iterations used.
     """
-    model = nn.Linear(x.shape[1], num_classes).to(x.device)
+    model = nn.Linear(x.shape[1], num_classes).to(device=x.device, dtype=x.dtype)
     with torch.no_grad():
         if init is not None:
             model.load_state_dict(init.state_dict())

@@ -253,12 +253,28 @@ class Eta:
 
 
 # ------------------------------------------------------------------------------------------- state
+def evaluation_complete(run_dir: Path) -> bool:
+    """``metrics.json`` is written after every metric group, so it alone does not mean done: the figures
+    (drawn last) must exist too."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        figures = read_json(path).get("figures", {})
+    except RunFileError:
+        return False
+    return bool(figures) and all((run_dir / rel).is_file() for rel in figures.values())
+
+
 def run_state(run_dir: Path) -> str:
     """``evaluated`` | ``trained`` | ``interrupted`` | ``diverged`` | ``new`` from the run's own files."""
     info_path, last = run_dir / "run_info.json", run_dir / "checkpoints" / "last.pt"
-    status = read_json(info_path).get("status") if info_path.is_file() else None
+    try:
+        status = read_json(info_path).get("status") if info_path.is_file() else None
+    except RunFileError:
+        status = None  # unreadable metadata: the checkpoint decides
     if status == "finished":
-        return "evaluated" if (run_dir / "metrics.json").is_file() else "trained"
+        return "evaluated" if evaluation_complete(run_dir) else "trained"
     if status == "diverged":
         return "diverged"
     return "interrupted" if last.is_file() else "new"
@@ -286,10 +302,11 @@ def check_same_settings(run: PlannedRun) -> None:
 
 
 # ------------------------------------------------------------------------------------------ running
-def _default_evaluate(run_dir: Path) -> dict:
-    from latentbench.evaluate import evaluate_run
+def _default_evaluate(run_dir: Path, splits) -> dict:
+    """``latentbench eval RUN_DIR`` on the study's already decoded dataset (it skips finished stages)."""
+    from latentbench.evaluate import evaluate, load_run
 
-    return evaluate_run(run_dir)
+    return evaluate(load_run(run_dir, None, splits))
 
 
 def _default_train(cfg: RunConfig, run_dir: Path, resume: bool, splits) -> Path:
@@ -360,10 +377,10 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
               extra_overrides: list[str] | None = None, *, report: bool = True,
               log: Callable[[str], None] | None = None,
               train_fn: Callable[..., Path] | None = None,
-              evaluate_fn: Callable[[Path], dict] | None = None) -> Path:
+              evaluate_fn: Callable[[Path, Any], dict] | None = None) -> Path:
     """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
 
-    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir)`` default to the package's
+    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits)`` default to the package's
     training and evaluation; tests swap them to count calls.
     """
     from latentbench.train import TrainingDiverged, TrainingInterrupted
@@ -429,7 +446,7 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
                     diverged.append(run.name)
                     continue
             say(f"{tag}: evaluating")
-            evaluate_fn(run.run_dir)
+            evaluate_fn(run.run_dir, cache.get(run.config))
             took = time.perf_counter() - t0
             eta.record(run.name, took)
             pending = [r.name for r in plan[i:] if states[r.name] not in ("evaluated", "diverged")]

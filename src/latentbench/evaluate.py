@@ -1,0 +1,599 @@
+"""A trained run directory -> ``metrics.json`` + ``figures/*.png``: the same evaluation for every objective.
+
+    latentbench eval runs/mnist_autoencoder_s0 [--force] [--set eval.knn_k=200]
+
+Stages, each skipped when its outputs already exist (``--force`` recomputes all of them):
+  1. embeddings: ``z`` of train / val / test from the frozen encoder (``embeddings.pt``, see embed.py);
+  2. metrics, in groups that each add keys to ``metrics.json`` (written after every group, so an
+     interrupted eval keeps what it finished): MLP probe, linear probe, kNN, the supervised run's own
+     classifier, reconstruction (the run's decoder, or a decoder probe trained on frozen ``z``, saved
+     as ``decoder_probe.pt``), latent-space statistics, and raw-pixel / PCA baselines;
+  3. figures: t-SNE pair (+ trustworthiness), reconstructions, interpolation, learning curves.
+
+The subsample indices and seeds are saved in ``eval_state.json`` together with the checkpoint's
+fingerprint and the eval config: when the checkpoint or the eval config changes, everything downstream
+is recomputed. Nothing here trains or changes the encoder (checked at the end of every call).
+
+``metrics.json``::
+
+    {"run", "dataset", "objective", "metrics": {KEY: float}, "protocol": {KEY: "how it was measured"},
+     "figures": {"reconstructions": "figures/reconstructions.png", ...}, "seconds": {STAGE: float}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from latentbench import embed, metrics, plots, probes
+from latentbench.augment import augment, view_kind
+from latentbench.config import ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
+from latentbench.data import Splits, load_splits
+from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from latentbench.models import ClassifierHead, build_encoder_decoder
+from latentbench.objectives import Objective, build_objective
+from latentbench.train import (RunPaths, configure_threads, load_objective_weights, read_history, resolve_device,
+                               resume_config)
+
+METRICS_FILE = "metrics.json"
+EMBEDDINGS_FILE = "embeddings.pt"
+STATE_FILE = "eval_state.json"
+DECODER_PROBE_FILE = "decoder_probe.pt"
+FIGURES = {"reconstructions": "figures/reconstructions.png", "interpolation": "figures/interpolation.png",
+           "tsne": "figures/tsne.png", "curves": "figures/curves.png"}
+# keys besides eval.* that `eval --set` accepts: where the data and the device are on this machine
+EVAL_OVERRIDABLE = ("eval.", "data.root", "train.device", "train.threads")
+
+Scores = tuple[dict[str, float], dict[str, str]]  # (metrics, protocol)
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclass
+class EvalRun:
+    """A trained run loaded for evaluation: config, data, the objective with its best weights, where to write."""
+
+    cfg: RunConfig
+    paths: RunPaths
+    splits: Splits
+    objective: Objective
+    device: torch.device
+    channels_last: bool
+    checkpoint: Path
+    checkpoint_id: str
+    threads: int
+
+    @property
+    def ev(self) -> EvalConfig:
+        return self.cfg.eval
+
+    @property
+    def name(self) -> str:
+        return self.cfg.run_name()
+
+    def out(self, relative: str) -> Path:
+        return self.paths.root / relative
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def eval_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's saved config with ``eval.*`` (and data-root / device) overrides applied."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if not key.startswith(EVAL_OVERRIDABLE):
+            raise ConfigError(f"eval --set '{text}': only eval.* keys (and data.root, train.device, train.threads) "
+                              "can be changed at evaluation time; the rest of the config belongs to the trained run")
+    cfg = resume_config(run_dir)
+    return from_dict(apply_overrides(cfg.to_dict(), overrides)) if overrides else cfg
+
+
+def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits | None = None) -> EvalRun:
+    """Rebuild the run's objective from its config and load its best (else last) checkpoint, in eval mode."""
+    paths = RunPaths(Path(run_dir))
+    cfg = eval_config(paths.root, list(overrides or []))
+    checkpoint = paths.best if paths.best.exists() else paths.last
+    if not checkpoint.exists():
+        raise RunFileError(f"'{paths.root}' holds no checkpoint ({paths.best.name} or {paths.last.name} under "
+                           f"'{paths.checkpoints}'); train it first with 'latentbench train'")
+    device = resolve_device(cfg.train.device)
+    threads = configure_threads(cfg.train.threads)
+    splits = splits or load_splits(cfg.data)
+    objective = build_objective(splits.spec, cfg)
+    load_objective_weights(objective, checkpoint)
+    objective = objective.to(device).eval()
+    conv = cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in objective.modules())
+    if conv:
+        objective = objective.to(memory_format=torch.channels_last)
+    return EvalRun(cfg, paths, splits, objective, device, conv, checkpoint, file_fingerprint(checkpoint), threads)
+
+
+# ------------------------------------------------------------------------------------------ subsamples
+def _first_of_class(y: torch.Tensor, cls: int, num_classes: int) -> int:
+    if not 0 <= cls < num_classes:
+        raise ConfigError(f"eval.interp_classes: class {cls} is not one of this dataset's classes 0..{num_classes - 1}")
+    hits = (y == cls).nonzero()
+    if len(hits) == 0:
+        raise ConfigError(f"eval.interp_classes: the test set holds no image of class {cls}; choose another class "
+                          "or set eval.interp_indices")
+    return int(hits[0])
+
+
+def _take(perm: torch.Tensor, count: int) -> list[int]:
+    """The first ``count`` indices of ``perm`` (0 = all), sorted."""
+    return sorted(perm[:count or len(perm)].tolist())
+
+
+def choose_samples(ev: EvalConfig, test_y: torch.Tensor, num_classes: int, channels: int) -> dict[str, Any]:
+    """Test-set indices of every subsample (nested prefixes of one seeded permutation) and the interpolation pair."""
+    n = len(test_y)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(ev.seed))
+    n_rec = ev.n_reconstructions or (5 if channels == 1 else 10)
+    if ev.interp_indices:
+        pair = list(ev.interp_indices)
+        if len(pair) != 2 or not all(0 <= i < n for i in pair):
+            raise ConfigError(f"eval.interp_indices must be two test-image indices in [0, {n - 1}], got {pair}")
+    else:
+        if len(ev.interp_classes) != 2:
+            raise ConfigError(f"eval.interp_classes must name two classes, got {ev.interp_classes}")
+        pair = [_first_of_class(test_y, c, num_classes) for c in ev.interp_classes]
+    tsne = _take(perm, min(ev.tsne_points, n) if ev.tsne_points else n)
+    return {
+        "seed": ev.seed,
+        "tsne": tsne,
+        "trust": tsne[: ev.trust_points or len(tsne)],
+        "silhouette": _take(perm, min(ev.silhouette_points, n)),
+        "alignment": _take(perm, min(ev.alignment_points, n)),
+        "reconstructions": perm[: min(n_rec, n)].tolist(),
+        "interpolation": pair,
+    }
+
+
+# ------------------------------------------------------------------------------------------ metric groups
+def _on(emb: dict[str, dict[str, torch.Tensor]], key: str, device: torch.device) -> dict[str, torch.Tensor]:
+    return {split: emb[split][key].to(device) for split in embed.SPLITS}
+
+
+def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
+    ev, m, spec = run.ev, run.cfg.model, run.splits.spec
+    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
+    if ev.probe_standardize:
+        z = dict(zip(embed.SPLITS, metrics.standardize(z["train"], z["val"], z["test"])))
+    head = ClassifierHead(z["train"].shape[1], m.classifier_hidden, spec.num_classes, m.classifier_dropout)
+    result = probes.train_mlp_probe(head, z, y, ev.probe_epochs, ev.probe_patience, ev.probe_lr,
+                                    ev.probe_weight_decay, ev.probe_batch_size, ev.seed)
+    how = (f"MLP {z['train'].shape[1]}-{m.classifier_hidden}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
+           f"on frozen z{' (standardised by train mean/std)' if ev.probe_standardize else ''}, Adam lr {ev.probe_lr}"
+           f"{f' wd {ev.probe_weight_decay}' if ev.probe_weight_decay else ''}, batch {ev.probe_batch_size}, "
+           f"up to {ev.probe_epochs} epochs with early stopping on val accuracy (patience {ev.probe_patience}; "
+           f"kept epoch {result.best_epoch} of {result.epochs}), seed {ev.seed}")
+    return ({f"probe_mlp_{s}_acc": result.scores[s] for s in embed.SPLITS},
+            {f"probe_mlp_{s}_acc": f"{s} accuracy of the {how}" for s in embed.SPLITS})
+
+
+def _linear_protocol(c: float, iters: int, what: str) -> str:
+    return (f"multinomial logistic regression (L2, C={c:g}, bias unpenalised; L-BFGS, {iters} iterations) on "
+            f"{what} standardised by train mean/std; fit on train")
+
+
+def group_probe_linear(run: EvalRun, emb, samples) -> Scores:
+    ev = run.ev
+    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
+    z = dict(zip(embed.SPLITS, metrics.standardize(z["train"], z["val"], z["test"])))
+    result = probes.linear_probe(z, y, run.splits.spec.num_classes, [ev.linear_c], ev.linear_max_iter)
+    how = _linear_protocol(result.extra["c"], result.epochs, "frozen z")
+    return ({f"probe_linear_{s}_acc": result.scores[s] for s in embed.SPLITS},
+            {f"probe_linear_{s}_acc": f"{s} accuracy of {how}" for s in embed.SPLITS})
+
+
+def _knn_protocol(ev: EvalConfig, what: str, bank: str = "train") -> str:
+    return (f"kNN on {what}: cosine similarity, k={ev.knn_k}, vote weighted by exp(sim/T) with T={ev.knn_temperature}, "
+            f"bank = the {bank} split")
+
+
+def group_knn(run: EvalRun, emb, samples) -> Scores:
+    ev, k = run.ev, run.splits.spec.num_classes
+    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
+    out, how = {}, {}
+    for split in ("val", "test"):
+        out[f"knn_{split}_acc"] = metrics.knn_accuracy(z["train"], y["train"], z[split], y[split], ev.knn_k,
+                                                        ev.knn_temperature, k)
+        how[f"knn_{split}_acc"] = f"{split} accuracy of " + _knn_protocol(ev, "frozen z")
+    return out, how
+
+
+def group_e2e(run: EvalRun, emb, samples) -> Scores:
+    classifier = run.objective.classifier
+    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
+    return ({f"e2e_{s}_acc": metrics.accuracy(probes.predict(classifier, z[s]), y[s]) for s in embed.SPLITS},
+            {f"e2e_{s}_acc": f"{s} accuracy of the supervised run's own classifier head (trained end to end with "
+                             f"the encoder; best checkpoint by val accuracy)" for s in embed.SPLITS})
+
+
+# -- reconstruction
+def decoder_probe_arch(run: EvalRun) -> nn.Module:
+    """The decoder models.build_encoder_decoder gives for this run's model config, without skip connections."""
+    return build_encoder_decoder(run.splits.spec, dataclasses.replace(run.cfg.model, skips=False))[1]
+
+
+def fit_decoder_probe(run: EvalRun, emb) -> tuple[nn.Module, dict[str, float], str]:
+    """Train a decoder on frozen z (L1, Adam, early stopping on val MAE), save it; return it, MAEs, protocol."""
+    ev = run.ev
+    z = _on(emb, "z", run.device)
+    x = {s: getattr(run.splits, s).x.to(run.device) for s in embed.SPLITS}
+    result = probes.train_decoder_probe(decoder_probe_arch(run), z, x, ev.decoder_probe_epochs, ev.probe_patience,
+                                        ev.probe_lr, ev.probe_batch_size, ev.seed)
+    how = (f"DECODER PROBE: this run has no decoder, so a {type(result.model).__name__} (the architecture the "
+           f"autoencoder uses, no skips) was trained on frozen z with L1 loss, Adam lr {ev.probe_lr}, batch "
+           f"{ev.probe_batch_size}, up to {ev.decoder_probe_epochs} epochs, early stopping on val MAE (kept epoch "
+           f"{result.best_epoch} of {result.epochs})")
+    atomic_torch_save(run.out(DECODER_PROBE_FILE), {"checkpoint": run.checkpoint_id, "protocol": how,
+                                                    "decoder": result.model.state_dict()})
+    return result.model, result.scores, how
+
+
+def load_decoder(run: EvalRun, emb) -> tuple[nn.Module, bool, str]:
+    """The decoder that makes this run's reconstructions: its own, or the saved decoder probe of this checkpoint
+    (trained now when missing; the reconstruction group rewrites it whenever it runs)."""
+    if run.objective.decoder is not None:
+        return run.objective.decoder.eval(), False, "the run's own decoder"
+    path = run.out(DECODER_PROBE_FILE)
+    if path.exists():
+        saved = safe_torch_load(path)
+        if saved.get("checkpoint") == run.checkpoint_id:
+            decoder = decoder_probe_arch(run)
+            decoder.load_state_dict(saved["decoder"])
+            return decoder.to(run.device).eval(), True, saved["protocol"]
+    decoder, _, how = fit_decoder_probe(run, emb)
+    return decoder, True, how
+
+
+def group_reconstruction(run: EvalRun, emb, samples) -> Scores:
+    pixels_note = "mean over pixels in [0,1] and images"
+    if run.objective.decoder is not None:
+        mae = {s: float(emb[s]["recon_mae"].mean()) for s in embed.SPLITS}
+        mse = float(emb["test"]["recon_mse"].mean())
+        skips = getattr(run.objective.decoder, "use_skips", False)
+        how = f"the run's own decoder, decoder(z{', encoder skip maps' if skips else ''}), clean input"
+        is_probe = 0.0
+    else:
+        decoder, mae, how = fit_decoder_probe(run, emb)
+        errors = probes.decode_errors(decoder, emb["test"]["z"].to(run.device), run.splits.test.x.to(run.device))
+        mse = float(errors[1].mean())
+        is_probe = 1.0
+    out = {**{f"recon_{s}_mae": mae[s] for s in embed.SPLITS}, "recon_test_mse": mse,
+           "recon_test_psnr": metrics.psnr(mse), "recon_is_probe": is_probe}
+    protocol = {**{f"recon_{s}_mae": f"{s} mean |x_hat - x| ({pixels_note}); {how}" for s in embed.SPLITS},
+                "recon_test_mse": f"test mean (x_hat - x)^2 ({pixels_note}); {how}",
+                "recon_test_psnr": "10 log10(1 / recon_test_mse) in dB (test set, peak 1)",
+                "recon_is_probe": f"1.0 = reconstructions come from a decoder probe on frozen z, 0.0 = the run's own "
+                                  f"decoder; here: {how}"}
+    return out, protocol
+
+
+# -- latent statistics
+def _views_kind(run: EvalRun) -> str:
+    kind = view_kind(run.cfg.objective.augment, run.splits.spec.channels)
+    return kind if kind != "none" else view_kind("auto", run.splits.spec.channels)
+
+
+def encode_views(run: EvalRun, index: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of two independently augmented views of the test images ``index`` (encoder in eval mode)."""
+    kind, encoder = _views_kind(run), run.objective.encoder.eval()
+    devices = [run.device] if run.device.type == "cuda" else []
+    z1, z2 = [], []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        torch.manual_seed(seed)
+        for chunk in torch.tensor(index, dtype=torch.long).split(run.ev.batch_size):
+            x = embed.pixels(run.splits.test.x[chunk], run.device, run.channels_last)
+            for out in (z1, z2):
+                view = augment(x, kind, run.cfg.augment)
+                if run.channels_last:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                out.append(encoder(view).float().cpu())
+    return torch.cat(z1), torch.cat(z2)
+
+
+def group_latent(run: EvalRun, emb, samples) -> Scores:
+    z_test, y_test = emb["test"]["z"], emb["test"]["y"]
+    sil = samples["silhouette"]
+    align_index = samples["alignment"]
+    z1, z2 = encode_views(run, align_index, run.ev.seed)
+    kind = _views_kind(run)
+    out = {
+        "silhouette": metrics.silhouette(z_test[sil], y_test[sil]),
+        "alignment": metrics.alignment(z1, z2, alpha=2.0),
+        "uniformity": metrics.uniformity(z_test[align_index], t=2.0),
+        "effective_rank": metrics.effective_rank(z_test),
+    }
+    how = {
+        "silhouette": f"silhouette score of z by true class, Euclidean distance, {len(sil)} test images "
+                      f"(seeded subsample, seed {run.ev.seed}); in [-1, 1], higher = tighter classes",
+        "alignment": f"Wang & Isola 2020 alignment, mean ||f(x)-f(x')||^2 of L2-normalised z over two '{kind}' "
+                     f"augmented views of {len(align_index)} test images; lower = more invariant",
+        "uniformity": f"Wang & Isola 2020 uniformity, log mean exp(-2 ||f(x)-f(y)||^2) over pairs of L2-normalised "
+                      f"test z ({len(align_index)} images); lower = more uniform on the sphere",
+        "effective_rank": f"Roy & Vetterli 2007 effective rank (exp entropy of normalised singular values) of "
+                          f"centred test z ({len(z_test)} x {z_test.shape[1]}); at most {min(z_test.shape)}",
+    }
+    return out, how
+
+
+# -- pixel baselines
+def _flat_pixels(run: EvalRun, split: str) -> torch.Tensor:
+    return getattr(run.splits, split).x.flatten(1).to(run.device).float().div_(255.0)
+
+
+def pca_project(train: torch.Tensor, dims: int, seed: int, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Project every tensor onto the top ``dims`` principal axes of ``train`` (N, D) (randomised PCA)."""
+    dims = min(dims, train.shape[0], train.shape[1])
+    mean = train.mean(0, keepdim=True)
+    torch.manual_seed(seed)
+    _, _, v = torch.pca_lowrank(train - mean, q=dims, center=False, niter=4)
+    return [(t - mean) @ v for t in (train, *others)]
+
+
+def group_baselines(run: EvalRun, emb, samples) -> Scores:
+    ev, k = run.ev, run.splits.spec.num_classes
+    y = _on(emb, "y", run.device)
+    raw = {s: _flat_pixels(run, s) for s in embed.SPLITS}
+    pca = dict(zip(embed.SPLITS, pca_project(raw["train"], ev.pca_dims, ev.seed, raw["val"], raw["test"])))
+    out, how = {}, {}
+    dims = min(ev.pca_dims, *raw["train"].shape)
+    for name, feats, what in (("pixel", raw, f"raw pixels ({raw['train'].shape[1]} values in [0,1])"),
+                              ("pca", pca, f"PCA-{dims} of the pixels (fit on train)")):
+        out[f"{name}_knn_test_acc"] = metrics.knn_accuracy(feats["train"], y["train"], feats["test"], y["test"],
+                                                            ev.knn_k, ev.knn_temperature, k)
+        how[f"{name}_knn_test_acc"] = "test accuracy of " + _knn_protocol(ev, what)
+        std = dict(zip(embed.SPLITS, metrics.standardize(feats["train"], feats["val"], feats["test"])))
+        result = probes.linear_probe(std, y, k, [ev.linear_c], ev.linear_max_iter)
+        out[f"{name}_linear_test_acc"] = result.scores["test"]
+        how[f"{name}_linear_test_acc"] = "test accuracy of " + _linear_protocol(result.extra["c"], result.epochs, what)
+    return out, how
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _trust(high: torch.Tensor, low: np.ndarray) -> float:
+    from sklearn.manifold import trustworthiness
+
+    n_neighbors = max(1, min(5, len(low) // 2 - 1))
+    return float(trustworthiness(high.double().cpu().numpy(), low, n_neighbors=n_neighbors))
+
+
+def figure_tsne(run: EvalRun, emb, samples) -> Scores:
+    ev, spec = run.ev, run.splits.spec
+    index = torch.tensor(samples["tsne"], dtype=torch.long)
+    position = {int(i): p for p, i in enumerate(samples["tsne"])}
+    trust = torch.tensor([position[i] for i in samples["trust"]], dtype=torch.long)
+    z = emb["test"]["z"][index]
+    x = run.splits.test.x[index].flatten(1).float() / 255.0
+    y = emb["test"]["y"][index]
+    latent = plots.tsne_map(z, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
+    pixel = plots.tsne_map(x, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
+    n_trust = len(trust)
+    title = f"{run.name}: t-SNE of {len(index)} test images (PCA-50 first, perplexity {ev.tsne_perplexity:g})"
+    plots.plot_tsne({f"latent space z ({z.shape[1]}-d, {run.cfg.objective.name})": latent,
+                     f"image space (pixels, {x.shape[1]}-d)": pixel}, y, spec.class_names, run.out(FIGURES["tsne"]),
+                    title)
+    out = {"tsne_trustworthiness": _trust(z[trust], latent[trust.numpy()]),
+           "tsne_pixel_trustworthiness": _trust(x[trust], pixel[trust.numpy()])}
+    base = (f"sklearn trustworthiness (5 neighbours) of the openTSNE map vs the {{}} of {n_trust} of the "
+            f"{len(index)} mapped test images (exact kNN, FFT gradients, 250+{ev.tsne_iters} iterations, seed {ev.seed})")
+    return out, {"tsne_trustworthiness": base.format("latent z"), "tsne_pixel_trustworthiness": base.format("pixels")}
+
+
+def _decode_pair(run: EvalRun, decoder: nn.Module, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, bool]:
+    """Decoded linear interpolation between the two images of ``x`` (2, C, H, W): z, and skip maps if used."""
+    z, skips = run.objective.encoder.features(x)
+    use_skips = bool(getattr(decoder, "use_skips", False) and skips)
+    frames = []
+    for a in torch.linspace(0, 1, steps).tolist():
+        z_t = (1 - a) * z[:1] + a * z[1:]
+        skips_t = [(1 - a) * s[:1] + a * s[1:] for s in skips] if use_skips else None
+        frames.append(decoder(z_t, skips_t).float().cpu())
+    return torch.cat(frames), use_skips
+
+
+def figure_images(run: EvalRun, emb, samples) -> dict[str, str]:
+    """Reconstructions and interpolation PNGs; returns a line describing each."""
+    decoder, is_probe, how = load_decoder(run, emb)
+    source = "decoder probe on frozen z" if is_probe else "the run's decoder"
+    spec, test = run.splits.spec, run.splits.test
+    rec = torch.tensor(samples["reconstructions"], dtype=torch.long)
+    with torch.inference_mode():
+        x = embed.pixels(test.x[rec], run.device, run.channels_last)
+        z, skips = run.objective.encoder.features(x)
+        x_hat = decoder(z, skips).float().cpu()
+        a, b = samples["interpolation"]
+        pair = embed.pixels(test.x[[a, b]], run.device, run.channels_last)
+        frames, used_skips = _decode_pair(run, decoder, pair, run.ev.interp_steps)
+    names = spec.class_names
+    captions = [f"#{i} ({names[int(test.y[i])]})" for i in rec.tolist()]
+    plots.plot_reconstructions(x.float().cpu(), x_hat, run.out(FIGURES["reconstructions"]),
+                               f"{run.name}: test reconstructions ({source})", captions)
+    label_a, label_b = names[int(test.y[a])], names[int(test.y[b])]
+    plots.plot_interpolation(pair[0].float().cpu(), pair[1].float().cpu(), frames, run.out(FIGURES["interpolation"]),
+                             f"{run.name}: {run.ev.interp_steps}-step latent interpolation, test #{a} ({label_a}) -> "
+                             f"#{b} ({label_b}), {source}" + (" (z and skip maps interpolated)" if used_skips else ""),
+                             label_a, label_b)
+    skip_note = "; the decoder's skip maps are interpolated linearly too" if used_skips else ""
+    return {"reconstructions": f"test images {rec.tolist()} (seed {run.ev.seed}) over their reconstructions by {how}",
+            "interpolation": f"decoder((1-t) z_a + t z_b) for {run.ev.interp_steps} t in [0,1], test images #{a} "
+                             f"and #{b}, by {how}{skip_note}"}
+
+
+def figure_curves(run: EvalRun) -> dict[str, str]:
+    history = read_history(run.paths.history) if run.paths.history.exists() else []
+    plots.plot_curves(history, run.out(FIGURES["curves"]), f"{run.name}: learning curves (history.csv)")
+    return {"curves": "train (epoch mean) and validation statistics per epoch from history.csv"}
+
+
+# ------------------------------------------------------------------------------------------ bookkeeping
+class Results:
+    """``metrics.json`` as it is built: previous results (unless forced) plus each group's new keys."""
+
+    def __init__(self, run: EvalRun, fresh: bool):
+        self.run, self.path = run, run.out(METRICS_FILE)
+        old = {} if fresh or not self.path.exists() else read_json(self.path)
+        self.metrics: dict[str, float] = dict(old.get("metrics", {}))
+        self.protocol: dict[str, str] = dict(old.get("protocol", {}))
+        self.seconds: dict[str, float] = dict(old.get("seconds", {}))
+
+    def has(self, keys: list[str]) -> bool:
+        return all(k in self.metrics and k in self.protocol for k in keys)
+
+    def add(self, stage: str, scores: Scores | None, seconds: float) -> None:
+        if scores is not None:
+            self.metrics.update({k: float(v) for k, v in scores[0].items()})
+            self.protocol.update(scores[1])
+        self.seconds[stage] = round(seconds, 3)
+        self.write()
+
+    def as_dict(self) -> dict[str, Any]:
+        cfg = self.run.cfg
+        seconds = {k: v for k, v in self.seconds.items() if k != "total"}
+        seconds["total"] = round(sum(seconds.values()), 3)
+        return {"run": cfg.run_name(), "dataset": cfg.data.name, "objective": cfg.objective.name,
+                "metrics": self.metrics, "protocol": self.protocol, "figures": dict(FIGURES), "seconds": seconds}
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.as_dict())
+
+
+def metric_groups(run: EvalRun) -> list[tuple[str, list[str], Callable[..., Scores]]]:
+    """(stage name, the keys it writes, function) for every metric group that applies to this run."""
+    splits3 = embed.SPLITS
+    groups = [
+        ("probe_mlp", [f"probe_mlp_{s}_acc" for s in splits3], group_probe_mlp),
+        ("probe_linear", [f"probe_linear_{s}_acc" for s in splits3], group_probe_linear),
+        ("knn", ["knn_val_acc", "knn_test_acc"], group_knn),
+    ]
+    if getattr(run.objective, "classifier", None) is not None:
+        groups.append(("e2e", [f"e2e_{s}_acc" for s in splits3], group_e2e))
+    groups += [
+        ("reconstruction", [*(f"recon_{s}_mae" for s in splits3), "recon_test_mse", "recon_test_psnr",
+                            "recon_is_probe"], group_reconstruction),
+        ("latent", ["silhouette", "alignment", "uniformity", "effective_rank"], group_latent),
+        ("baselines", ["pixel_knn_test_acc", "pixel_linear_test_acc", "pca_knn_test_acc", "pca_linear_test_acc"],
+         group_baselines),
+    ]
+    return groups
+
+
+def _encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def check_unchanged(before: dict[str, torch.Tensor], encoder: nn.Module) -> None:
+    """Raise if any weight or buffer (BatchNorm statistics included) of ``encoder`` differs from ``before``."""
+    after = encoder.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    if changed:
+        raise RuntimeError(f"evaluation changed the frozen encoder ({', '.join(changed[:5])}); this is a bug")
+
+
+def _say(run: EvalRun, text: str) -> None:
+    print(f"[{run.name}] eval: {text}", flush=True)
+
+
+def _embeddings(run: EvalRun, force: bool, results: Results) -> dict[str, dict[str, torch.Tensor]]:
+    path = run.out(EMBEDDINGS_FILE)
+    if path.exists() and not force:
+        emb = embed.load_embeddings(path, run.checkpoint_id)
+        if emb is not None:
+            _say(run, f"embeddings: cached in {path.name}")
+            return emb
+    start = time.perf_counter()
+    emb = embed.extract(run.objective.encoder, run.splits, run.ev.batch_size, run.device, run.channels_last,
+                        run.objective.decoder)
+    embed.save_embeddings(path, emb, run.checkpoint_id)
+    seconds = time.perf_counter() - start
+    results.add("embeddings", None, seconds)
+    _say(run, f"embeddings: {sum(len(e['z']) for e in emb.values())} images -> {path.name} ({seconds:.1f}s)")
+    return emb
+
+
+def _is_stale(run: EvalRun, samples: dict[str, Any]) -> str:
+    """Why earlier eval outputs cannot be reused ('' when they can)."""
+    path = run.out(STATE_FILE)
+    if not path.exists():
+        return "no eval_state.json"
+    state = read_json(path)
+    if state.get("checkpoint") != run.checkpoint_id:
+        return "the checkpoint changed since the last eval"
+    if state.get("eval") != dataclasses.asdict(run.ev):
+        return "the eval config changed since the last eval"
+    if state.get("samples") != samples:
+        return "the subsamples changed"
+    return ""
+
+
+def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run directory; write metrics.json, figures/ and caches into it; return metrics.json."""
+    run = load_run(Path(run_dir), overrides)
+    return evaluate(run, force)
+
+
+def evaluate(run: EvalRun, force: bool = False) -> dict[str, Any]:
+    """:func:`evaluate_run` on an already loaded run (tests use this to inspect the encoder afterwards)."""
+    frozen = _encoder_state(run.objective.encoder)
+    samples = choose_samples(run.ev, run.splits.test.y, run.splits.spec.num_classes, run.splits.spec.channels)
+    stale = "" if force else _is_stale(run, samples)
+    if stale and run.out(METRICS_FILE).exists():
+        _say(run, f"recomputing metrics and figures: {stale}")
+    fresh = force or bool(stale)
+    results = Results(run, fresh)
+    state_path = run.out(STATE_FILE)
+    notes = {} if fresh or not state_path.exists() else read_json(state_path).get("figures", {})
+    state = {"checkpoint": run.checkpoint_id, "checkpoint_file": run.checkpoint.name,
+             "eval": dataclasses.asdict(run.ev), "samples": samples, "figures": notes}
+    atomic_write_json(state_path, state)
+    emb = _embeddings(run, force, results)
+    for stage, keys, fn in metric_groups(run):
+        if not fresh and results.has(keys):
+            continue
+        start = time.perf_counter()
+        results.add(stage, fn(run, emb, samples), time.perf_counter() - start)
+        _say(run, f"{stage}: " + ", ".join(f"{k}={results.metrics[k]:.4f}" for k in keys)
+             + f" ({results.seconds[stage]:.1f}s)")
+    state["figures"].update(_figures(run, emb, samples, results, fresh))
+    atomic_write_json(state_path, state)
+    check_unchanged(frozen, run.objective.encoder)
+    _say(run, f"wrote {results.path} and {run.out('figures')}/ ({results.as_dict()['seconds']['total']:.1f}s of "
+              "eval in all)")
+    return results.as_dict()
+
+
+def _figures(run: EvalRun, emb, samples, results: Results, fresh: bool) -> dict[str, str]:
+    """Draw the figures that are missing (all when ``fresh``); return a description of each one drawn."""
+    def missing(*names: str) -> bool:
+        return fresh or not all(run.out(FIGURES[n]).exists() for n in names)
+
+    notes: dict[str, str] = {}
+    if missing("tsne") or not results.has(["tsne_trustworthiness", "tsne_pixel_trustworthiness"]):
+        start = time.perf_counter()
+        results.add("tsne", figure_tsne(run, emb, samples), time.perf_counter() - start)
+        notes["tsne"] = (f"openTSNE maps of {len(samples['tsne'])} test images (seed {run.ev.seed}): latent z and "
+                         "pixels, each PCA-50 first, coloured by class")
+        _say(run, f"t-SNE: trustworthiness {results.metrics['tsne_trustworthiness']:.4f} latent, "
+                  f"{results.metrics['tsne_pixel_trustworthiness']:.4f} pixels ({results.seconds['tsne']:.1f}s)")
+    if missing("reconstructions", "interpolation", "curves"):
+        start = time.perf_counter()
+        notes.update(figure_images(run, emb, samples))
+        notes.update(figure_curves(run))
+        results.add("figures", None, time.perf_counter() - start)
+        _say(run, f"figures: {', '.join(FIGURES.values())} ({results.seconds['figures']:.1f}s)")
+    return notes
