@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import latentbench
-from latentbench import distributed
+from latentbench import distributed, onednn
 from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
 from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_free_space,
@@ -317,6 +317,8 @@ class Trainer:
         self.conv = self.cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in self.objective.modules())
         if self.conv:
             self.objective = self.objective.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
+            onednn.enable(self.objective)  # Linear layers through oneDNN's AVX-512 GEMM (see onednn.py)
         self.step_module: nn.Module = self._wrap(self.objective)
         if t.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size = {t.batch_size} is the global batch and must split evenly over the "
