@@ -149,7 +149,6 @@ class NaiveRun:
         self.dataset = make_dataset(cfg, root)
         self.model = NaiveModel(cfg, spec_for(cfg.data.name)).to(self.device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        self.worker_pids: list[int] = []
 
     def loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.cfg.train.batch_size, shuffle=True, drop_last=True,
@@ -162,20 +161,24 @@ class NaiveRun:
         self.optimizer.step()
         return loss
 
+    def batches(self):
+        """Endless batches, epoch after epoch (a fresh shuffle and fresh workers per epoch, as usual)."""
+        while True:
+            yield from self.loader()
+
     def steps(self, n: int, warmup: int = 2) -> float:
         """Start the workers, train ``warmup`` untimed batches, then time ``n`` batches; stop the workers."""
-        iterator = iter(self.loader())
-        self.worker_pids = [w.pid for w in getattr(iterator, "_workers", [])]
+        batches = self.batches()
         for _ in range(warmup):
-            self.step(next(iterator))
+            self.step(next(batches))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(n):
-            loss = self.step(next(iterator))
+            loss = self.step(next(batches))
         float(loss.detach())  # wait for the last step (a host sync, once)
         seconds = time.perf_counter() - start
-        del iterator  # shut the workers down so they do not compete with whatever runs next
+        batches.close()  # shut the workers down so they do not compete with whatever runs next
         return seconds
 
 

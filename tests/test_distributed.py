@@ -261,21 +261,21 @@ def test_sync_batchnorm_policy():
     assert not distributed.use_sync_batchnorm("off", "contrastive", gpu, 8)
 
 
-def test_batch_that_does_not_split_over_ranks_is_a_config_error(tiny):
+def test_batch_loader_gives_each_rank_a_contiguous_share_of_every_global_batch():
     from latentbench.data import BatchLoader, ImageData
 
-    data = ImageData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
+    data = ImageData(torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1), torch.zeros(8, dtype=torch.long))
+
+    def pixels(rank: int = 0, world: int = 1) -> torch.Tensor:
+        loader = BatchLoader(data, 4, shuffle=True, drop_last=True, seed=3, rank=rank, world_size=world)
+        return torch.cat([x.flatten() for x, _ in loader])
+
+    whole, rank0, rank1 = pixels(), pixels(0, 2), pixels(1, 2)
+    assert not torch.equal(whole, torch.arange(8.0) / 255)  # shuffled
+    # rank 0 holds the first half of every global batch of 4, rank 1 the second half
+    assert torch.equal(torch.cat([rank0[:2], rank1[:2], rank0[2:], rank1[2:]]), whole)
     with pytest.raises(ValueError, match="divisible"):
         BatchLoader(data, 5, shuffle=False, drop_last=True, rank=0, world_size=2)
-    shards = [torch.cat([x for x, _ in BatchLoader(ImageData(torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1),
-                                                                  torch.zeros(8, dtype=torch.long)),
-                                                        4, shuffle=True, drop_last=True, seed=3, rank=r,
-                                                        world_size=2)]) for r in range(2)]
-    whole = torch.cat([x for x, _ in BatchLoader(ImageData(torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1),
-                                                            torch.zeros(8, dtype=torch.long)),
-                                                  4, shuffle=True, drop_last=True, seed=3)])
-    # rank 0 holds the first half of every global batch, rank 1 the second half
-    assert torch.equal(torch.cat([shards[0][:2], shards[1][:2], shards[0][2:], shards[1][2:]]), whole)
 
 
 def test_compile_option_wraps_the_step_module(tiny, tmp_path):

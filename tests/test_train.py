@@ -117,3 +117,9 @@ def test_synthetic_dataset_spec_and_classes():
     assert splits.spec.shape == (3, 32, 32) and splits.spec.num_classes == 10
     assert len(splits.train) == 180 and len(splits.val) == 20 and len(splits.test) == 50
     assert splits.train.x.dtype == torch.uint8 and len(splits.spec.mean) == 3
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["list"]) == 2
+    assert "only 'train' runs under torchrun" in capsys.readouterr().err.replace("\n", " ")

@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     from latentbench.train import TrainingInterrupted
 
     debug = os.environ.get("LATENTBENCH_DEBUG", "") not in ("", "0")
+    if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _say(f"'latentbench {args.command}' runs in one process; only 'train' runs under torchrun. "
+             f"Train with torchrun, then run 'latentbench {args.command}' without it.")
+        return 2
     try:
         with _plain_data_warnings():
             return args.fn(args)

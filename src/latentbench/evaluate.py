@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ FIGURES = {"reconstructions": "figures/reconstructions.png", "interpolation": "f
            "tsne": "figures/tsne.png", "curves": "figures/curves.png"}
 # keys besides eval.* that `eval --set` accepts: where the data and the device are on this machine
 EVAL_OVERRIDABLE = ("eval.", "data.root", "train.device", "train.threads")
+# Results that depend on the data but not on the encoder (pixel baselines, the pixel t-SNE map) are shared by
+# the runs of one folder through this cache next to them, keyed by a hash of the images and the settings.
+SHARED_CACHE = ".latentbench-cache"
 
 Scores = tuple[dict[str, float], dict[str, str]]  # (metrics, protocol)
 
@@ -172,6 +176,7 @@ def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
     z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
     if ev.probe_standardize:
         z = dict(zip(embed.SPLITS, metrics.standardize(z["train"], z["val"], z["test"])))
+    torch.manual_seed(ev.seed)  # the probe's initial weights
     head = ClassifierHead(z["train"].shape[1], m.classifier_hidden, spec.num_classes, m.classifier_dropout)
     result = probes.train_mlp_probe(head, z, y, ev.probe_epochs, ev.probe_patience, ev.probe_lr,
                                     ev.probe_weight_decay, ev.probe_batch_size, ev.seed)
@@ -234,6 +239,7 @@ def fit_decoder_probe(run: EvalRun, emb) -> tuple[nn.Module, dict[str, float], s
     ev = run.ev
     z = _on(emb, "z", run.device)
     x = {s: getattr(run.splits, s).x.to(run.device) for s in embed.SPLITS}
+    torch.manual_seed(ev.seed)  # the probe's initial weights
     result = probes.train_decoder_probe(decoder_probe_arch(run), z, x, ev.decoder_probe_epochs, ev.probe_patience,
                                         ev.probe_lr, ev.probe_batch_size, ev.seed)
     how = (f"DECODER PROBE: this run has no decoder, so a {type(result.model).__name__} (the architecture the "
@@ -346,7 +352,51 @@ def pca_project(train: torch.Tensor, dims: int, seed: int, *others: torch.Tensor
     return [(t - mean) @ v for t in (train, *others)]
 
 
+def data_fingerprint(splits: Splits) -> str:
+    """sha256 of every split's images and labels: the key of results that depend on the data alone."""
+    digest = hashlib.sha256()
+    for name in embed.SPLITS:
+        part = getattr(splits, name)
+        for t in (part.x, part.y):
+            digest.update(t.contiguous().cpu().numpy().data)
+    return digest.hexdigest()
+
+
+def shared_cache_path(run: EvalRun, kind: str, params: dict[str, Any], suffix: str) -> Path:
+    key = json.dumps({"data": data_fingerprint(run.splits), "device": run.device.type, **params}, sort_keys=True)
+    return run.paths.root.parent / SHARED_CACHE / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+
+
+def _cached(path: Path, load: Callable[[Path], Any], compute: Callable[[], Any], save: Callable[[Path, Any], None],
+            force: bool = False) -> tuple[Any, bool]:
+    """``load(path)`` when the shared cache holds it (and not ``force``), else ``compute()`` and try to save it."""
+    if path.exists() and not force:
+        try:
+            return load(path), True
+        except (RunFileError, OSError, KeyError, TypeError, ValueError):
+            pass  # a damaged cache entry is recomputed and replaced
+    value = compute()
+    try:
+        save(path, value)
+    except OSError:
+        pass  # a read-only parent folder only costs the sharing
+    return value, False
+
+
 def group_baselines(run: EvalRun, emb, samples) -> Scores:
+    """Pixel and PCA-of-pixel baselines, shared through the cache by every run on the same data and settings."""
+    ev = run.ev
+    params = {k: getattr(ev, k) for k in ("knn_k", "knn_temperature", "linear_c", "linear_max_iter", "pca_dims",
+                                          "seed")}
+    path = shared_cache_path(run, "baselines", params, ".json")
+    scores, hit = _cached(path, lambda p: tuple(read_json(p)), lambda: compute_baselines(run, emb),
+                          atomic_write_json)
+    if hit:
+        _say(run, f"baselines: reusing {path}")
+    return scores
+
+
+def compute_baselines(run: EvalRun, emb) -> Scores:
     ev, k = run.ev, run.splits.spec.num_classes
     y = _on(emb, "y", run.device)
     raw = {s: _flat_pixels(run, s) for s in embed.SPLITS}
@@ -382,17 +432,35 @@ def figure_tsne(run: EvalRun, emb, samples) -> Scores:
     x = run.splits.test.x[index].flatten(1).float() / 255.0
     y = emb["test"]["y"][index]
     latent = plots.tsne_map(z, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
-    pixel = plots.tsne_map(x, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
+    pixel, pixel_trust = pixel_tsne(run, x, trust, samples)
     n_trust = len(trust)
     title = f"{run.name}: t-SNE of {len(index)} test images (PCA-50 first, perplexity {ev.tsne_perplexity:g})"
     plots.plot_tsne({f"latent space z ({z.shape[1]}-d, {run.cfg.objective.name})": latent,
                      f"image space (pixels, {x.shape[1]}-d)": pixel}, y, spec.class_names, run.out(FIGURES["tsne"]),
                     title)
-    out = {"tsne_trustworthiness": _trust(z[trust], latent[trust.numpy()]),
-           "tsne_pixel_trustworthiness": _trust(x[trust], pixel[trust.numpy()])}
+    out = {"tsne_trustworthiness": _trust(z[trust], latent[trust.numpy()]), "tsne_pixel_trustworthiness": pixel_trust}
+    gradients = "FFT" if len(index) >= plots.FFT_FROM_POINTS else "Barnes-Hut"
     base = (f"sklearn trustworthiness (5 neighbours) of the openTSNE map vs the {{}} of {n_trust} of the "
-            f"{len(index)} mapped test images (exact kNN, FFT gradients, 250+{ev.tsne_iters} iterations, seed {ev.seed})")
+            f"{len(index)} mapped test images (exact kNN, {gradients} gradients, 250+{ev.tsne_iters} iterations, "
+            f"seed {ev.seed})")
     return out, {"tsne_trustworthiness": base.format("latent z"), "tsne_pixel_trustworthiness": base.format("pixels")}
+
+
+def pixel_tsne(run: EvalRun, x: torch.Tensor, trust: torch.Tensor, samples) -> tuple[np.ndarray, float]:
+    """The pixel-space t-SNE map of the subsample ``x`` (N, D) and its trustworthiness, shared through the cache."""
+    ev = run.ev
+    params = {"tsne": samples["tsne"], "trust": samples["trust"], "perplexity": ev.tsne_perplexity,
+              "iters": ev.tsne_iters, "seed": ev.seed}
+    path = shared_cache_path(run, "pixel-tsne", params, ".pt")
+
+    def compute() -> dict[str, Any]:
+        points = plots.tsne_map(x, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
+        return {"map": torch.from_numpy(points), "trust": _trust(x[trust], points[trust.numpy()])}
+
+    value, hit = _cached(path, safe_torch_load, compute, atomic_torch_save)
+    if hit:
+        _say(run, f"t-SNE: reusing the pixel map {path}")
+    return value["map"].numpy(), float(value["trust"])
 
 
 def _decode_pair(run: EvalRun, decoder: nn.Module, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, bool]:

@@ -158,12 +158,16 @@ class ClassifierHead(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR's projection g(.): Linear-BN-ReLU-Linear; the loss sees its output, evaluation never does."""
+    """SimCLR's projection g(.) = W2 ReLU(W1 z) (Chen et al. 2020, sec. 2.1); the loss sees its output,
+    evaluation never does.
+
+    No BatchNorm after W1 on purpose: BN would cancel any constant shift of z, leaving the encoder's last
+    bias without gradient, so it would drift at random under Adam and move cosine-kNN results.
+    """
 
     def __init__(self, latent_dim: int, hidden: int, out_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden, bias=False), nn.BatchNorm1d(hidden),
-                                 nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,27 @@ class ProbeResult:
     epochs: int = 0  # epochs run (MLP / decoder probe) or L-BFGS iterations (linear probe)
     best_epoch: int = 0  # 1-based epoch whose weights were kept
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def small_op_threads(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """Train ``module`` single-threaded on the CPU when it has no conv layers: its per-step ops are too small to
+    split across threads (MLP probe, batch 128, 2 busy cores: 0.43 s/epoch on 1 thread vs 1.78 s on 2)."""
+    small = device.type == "cpu" and not any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in module.modules())
+    before = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _adam(module: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Fused Adam(W): one kernel per step instead of one per tensor (0.33 ms less per probe step on CPU)."""
+    if weight_decay > 0:
+        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(module.parameters(), lr=lr, fused=True)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator | None, device) -> list[torch.Tensor]:
@@ -59,12 +82,17 @@ def train_mlp_probe(head: nn.Module, z: dict[str, torch.Tensor], y: dict[str, to
     ``z``: split name -> (N, D) codes; ``y``: split name -> (N,) labels. Returns accuracy on every split.
     Stops after ``patience`` epochs without a validation improvement (0 = never stop early).
     """
+    device = z["train"].device
+    with small_op_threads(head, device):
+        return _train_mlp_probe(head.to(device), z, y, epochs, patience, lr, weight_decay, batch_size, seed)
+
+
+def _train_mlp_probe(head: nn.Module, z: dict[str, torch.Tensor], y: dict[str, torch.Tensor], epochs: int,
+                     patience: int, lr: float, weight_decay: float, batch_size: int, seed: int) -> ProbeResult:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = z["train"].device
-    head = head.to(device)
-    opt = (torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay > 0
-           else torch.optim.Adam(head.parameters(), lr=lr))
+    opt = _adam(head, lr, weight_decay)
     best_acc, best_state, best_epoch, bad, epoch = -1.0, None, 0, 0, 0
     for epoch in range(1, epochs + 1):
         head.train()
@@ -106,9 +134,12 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, m
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
                             tolerance_grad=tol, tolerance_change=tol * 1e-3, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
+    x_t, target = x.T.contiguous(), y[None]  # logits as (K, N): the softmax then runs along contiguous memory
+
+    def closure() -> torch.Tensor:  # cross-entropy written out: 1.8x faster than F.cross_entropy on (N, K) on CPU
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) + penalty * model.weight.pow(2).sum()
+        logits = model.weight @ x_t + model.bias[:, None]
+        loss = (torch.logsumexp(logits, 0) - logits.gather(0, target)[0]).mean() + penalty * model.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -147,11 +178,17 @@ def train_decoder_probe(decoder: nn.Module, z: dict[str, torch.Tensor], x: dict[
     ``z``: split -> (N, D) codes; ``x``: split -> uint8 images (N, C, H, W) on the same device.
     ``scores`` holds each split's mean absolute error (lower is better).
     """
+    device = z["train"].device
+    with small_op_threads(decoder, device):
+        return _train_decoder_probe(decoder.to(device), z, x, epochs, patience, lr, batch_size, seed)
+
+
+def _train_decoder_probe(decoder: nn.Module, z: dict[str, torch.Tensor], x: dict[str, torch.Tensor], epochs: int,
+                         patience: int, lr: float, batch_size: int, seed: int) -> ProbeResult:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = z["train"].device
-    decoder = decoder.to(device)
-    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+    opt = _adam(decoder, lr)
     best_mae, best_state, best_epoch, bad, epoch = math.inf, None, 0, 0, 0
     for epoch in range(1, epochs + 1):
         decoder.train()

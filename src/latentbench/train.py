@@ -91,7 +91,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~3 s (imports inductor)
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.deterministic = deterministic
 
 

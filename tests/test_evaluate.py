@@ -1,0 +1,140 @@
+"""`latentbench eval` end to end on tiny synthetic runs: every key and figure, caching, --force, frozen encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from latentbench.cli import main
+from latentbench.config import ConfigError, load_config
+from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
+                                  choose_samples, evaluate, evaluate_run, load_run)
+from latentbench.io import RunFileError, safe_torch_load
+from latentbench.train import train
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = [
+    *(f"probe_mlp_{s}_acc" for s in SPLITS), *(f"probe_linear_{s}_acc" for s in SPLITS), "knn_val_acc",
+    "knn_test_acc", *(f"recon_{s}_mae" for s in SPLITS), "recon_test_mse", "recon_test_psnr", "recon_is_probe",
+    "silhouette", "alignment", "uniformity", "effective_rank", "tsne_trustworthiness", "pixel_knn_test_acc",
+    "pixel_linear_test_acc", "pca_knn_test_acc", "pca_linear_test_acc",
+]
+FAST = ["eval.tsne_points=120", "eval.trust_points=100", "eval.alignment_points=100", "eval.silhouette_points=150",
+        "eval.probe_epochs=2", "eval.decoder_probe_epochs=1", "eval.linear_max_iter=50"]
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+    """A trained (not yet evaluated) tiny MLP autoencoder run."""
+    return train(tiny_config(tmp_path_factory.mktemp("ae"), "autoencoder", extra=FAST))
+
+
+def _check_outputs(run_dir, objective: str) -> dict:
+    m = json.loads((run_dir / METRICS_FILE).read_text())
+    assert set(m) == {"run", "dataset", "objective", "metrics", "protocol", "figures", "seconds"}
+    assert m["objective"] == objective and m["dataset"] == "synthetic"
+    missing = [k for k in REQUIRED_KEYS if k not in m["metrics"]]
+    assert not missing, missing
+    assert all(isinstance(v, float) for v in m["metrics"].values())
+    assert set(m["protocol"]) == set(m["metrics"]) and all(m["protocol"].values())
+    for key, value in m["metrics"].items():
+        if key.endswith("_acc") or key == "tsne_trustworthiness":
+            assert 0.0 <= value <= 1.0, key
+    assert m["figures"] == FIGURES
+    for rel in FIGURES.values():
+        png = run_dir / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, rel
+    emb = safe_torch_load(run_dir / EMBEDDINGS_FILE)
+    for split in SPLITS:
+        assert emb["splits"][split]["z"].shape == (len(emb["splits"][split]["y"]), 128)
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    assert len(state["samples"]["tsne"]) == 120 and state["samples"]["seed"] == 0
+    return m
+
+
+def test_cli_eval_writes_every_key_and_figure_then_skips_and_force_recomputes(ae_run, capsys):
+    assert main(["eval", str(ae_run)]) == 0
+    m = _check_outputs(ae_run, "autoencoder")
+    assert m["metrics"]["recon_is_probe"] == 0.0 and "e2e_test_acc" not in m["metrics"]
+    outputs = [ae_run / METRICS_FILE, ae_run / EMBEDDINGS_FILE, *(ae_run / rel for rel in FIGURES.values())]
+    first = {p: p.stat().st_mtime_ns for p in outputs}
+
+    capsys.readouterr()
+    assert main(["eval", str(ae_run)]) == 0  # everything exists: nothing is recomputed or rewritten
+    assert {p: p.stat().st_mtime_ns for p in outputs} == first
+    assert "embeddings: cached" in capsys.readouterr().out
+
+    assert main(["eval", str(ae_run), "--force"]) == 0
+    assert all(p.stat().st_mtime_ns > first[p] for p in outputs)
+    again = json.loads((ae_run / METRICS_FILE).read_text())["metrics"]
+    for key in ("probe_mlp_test_acc", "probe_linear_test_acc", "knn_test_acc", "recon_test_mae", "silhouette"):
+        assert again[key] == pytest.approx(m["metrics"][key], abs=1e-6), key  # seeded: the same numbers
+
+
+def test_changed_eval_setting_recomputes_and_missing_figure_is_redrawn(ae_run):
+    evaluate_run(ae_run, force=False, overrides=[])
+    emb_time = (ae_run / EMBEDDINGS_FILE).stat().st_mtime_ns
+    m = evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"])
+    assert "k=3" in m["protocol"]["knn_test_acc"]
+    assert (ae_run / EMBEDDINGS_FILE).stat().st_mtime_ns == emb_time  # same checkpoint: embeddings reused
+    (ae_run / FIGURES["curves"]).unlink()
+    before = (ae_run / METRICS_FILE).stat().st_mtime_ns
+    evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"])
+    assert (ae_run / FIGURES["curves"]).exists()
+    assert json.loads((ae_run / METRICS_FILE).read_text())["metrics"] == m["metrics"]
+    assert (ae_run / METRICS_FILE).stat().st_mtime_ns >= before
+
+
+def test_eval_rejects_training_overrides_and_missing_checkpoint(ae_run, tmp_path):
+    with pytest.raises(ConfigError, match="only eval"):
+        evaluate_run(ae_run, force=False, overrides=["train.epochs=5"])
+    with pytest.raises(RunFileError, match="no config.json|not a run directory"):
+        evaluate_run(tmp_path, force=False, overrides=[])
+
+
+@pytest.mark.parametrize("objective", ["supervised", "contrastive"])
+def test_encoders_without_decoder_get_a_labelled_decoder_probe(tmp_path, objective):
+    run_dir = train(tiny_config(tmp_path, objective, extra=FAST))
+    m = evaluate_run(run_dir, force=False, overrides=[])
+    _check_outputs(run_dir, objective)
+    assert m["metrics"]["recon_is_probe"] == 1.0
+    assert "DECODER PROBE" in m["protocol"]["recon_test_mae"]
+    assert (run_dir / DECODER_PROBE_FILE).exists()
+    if objective == "supervised":
+        assert {f"e2e_{s}_acc" for s in SPLITS} <= set(m["metrics"])
+    # the pixel baselines of a second run on the same data come from the shared cache: identical numbers
+    other = evaluate_run(train(tiny_config(tmp_path, "autoencoder", extra=FAST)), force=False, overrides=[])
+    for key in ("pixel_knn_test_acc", "pca_linear_test_acc", "tsne_pixel_trustworthiness"):
+        assert other["metrics"][key] == m["metrics"][key]
+
+
+def test_probing_leaves_encoder_weights_and_batchnorm_buffers_unchanged(tmp_path):
+    """MoCo's check: conv encoder (BatchNorm) with skip decoder; every stage, augmented views included."""
+    cfg = tiny_config(tmp_path, "autoencoder", channels=3, size=16, extra=[*FAST, "model.skips=true"])
+    run = load_run(train(cfg))
+    before = {k: v.clone() for k, v in run.objective.encoder.state_dict().items()}
+    assert any("running_mean" in k for k in before)
+    m = evaluate(run, force=True)
+    after = run.objective.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "skip" in m["protocol"]["recon_test_mae"]
+    state = json.loads((run.paths.root / STATE_FILE).read_text())
+    assert "skip maps are interpolated" in state["figures"]["interpolation"]
+
+
+def test_choose_samples_picks_first_image_of_each_class_and_nested_subsets():
+    ev = load_config(None, ["eval.tsne_points=50", "eval.silhouette_points=30", "eval.n_reconstructions=0"]).eval
+    y = torch.tensor([3, 9, 4, 4, 9, 0, 1, 2, 5, 6, 7, 8] * 10)
+    s = choose_samples(ev, y, num_classes=10, channels=1)
+    assert s["interpolation"] == [2, 1]  # first 4, first 9
+    assert len(s["reconstructions"]) == 5 and len(choose_samples(ev, y, 10, 3)["reconstructions"]) == 10
+    assert set(s["silhouette"]) <= set(s["tsne"]) and len(s["tsne"]) == 50
+    assert choose_samples(ev, y, 10, 1) == s  # seeded
+    ev.interp_indices = [7, 8]
+    assert choose_samples(ev, y, 10, 1)["interpolation"] == [7, 8]
+    ev.interp_indices = [7, 999]
+    with pytest.raises(ConfigError, match="interp_indices"):
+        choose_samples(ev, y, 10, 1)
