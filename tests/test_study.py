@@ -187,3 +187,23 @@ def test_smoke_preset_end_to_end_and_rerun_skips_everything(tmp_path):
     reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None)
     assert calls.trained == [] and calls.evaluated == []
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's image decoding
+def test_train_subset_is_random_not_the_first_images_of_a_class_sorted_folder(tmp_path):
+    """The quick preset trains CIFAR-10 on ``data.train_subset`` images; the JPEG copy is sorted by class."""
+    import torch
+    from PIL import Image
+
+    from latentbench.data import load_splits
+
+    for split, n in (("train", 30), ("test", 5)):
+        for cls in ("a", "b", "c"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), color=i).save(folder / f"{i}.png")
+    cfg = load_config(None, ['data.name="imagefolder"', f'data.root="{tmp_path}"', "data.train_subset=9"]).data
+    splits = load_splits(cfg)
+    assert len(splits.train) == 9 and set(splits.train.y.tolist()) == {0, 1, 2}
+    assert torch.equal(load_splits(cfg).train.x, splits.train.x)  # the same subset every time

@@ -123,3 +123,11 @@ def test_only_train_runs_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["list"]) == 2
     assert "only 'train' runs under torchrun" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_steps_csv_logs_the_training_loss_every_log_every_steps(tiny):
+    run = train(tiny("supervised", extra=["train.log_every=2", "train.epochs=2"]))
+    rows = read_history(run / "steps.csv")
+    steps_per_epoch = read_history(run / "history.csv")[0]["step"]
+    assert [r["step"] for r in rows] == list(range(2, 2 * int(steps_per_epoch) + 1, 2))
+    assert all(r["loss"] > 0 and r["lr"] > 0 for r in rows)

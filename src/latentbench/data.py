@@ -486,7 +486,9 @@ def load_splits(cfg: DataConfig) -> Splits:
         check_labels(part, len(class_names), f"{cfg.name} {where}")
     train, val = split_train_val(train_full, cfg.val_fraction, cfg.split_seed)
     if cfg.train_subset and cfg.train_subset < len(train):
-        train = train.subset(torch.arange(cfg.train_subset))
+        # a seeded random subset, never the first N: image folders are sorted by class (first N = one class)
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
+        train = train.subset(pick[:cfg.train_subset].sort().values)
     mean, std = channel_stats(train.x)
     c, h, w = train.x.shape[1:]
     spec = DatasetSpec(cfg.name, int(c), int(h), int(w), tuple(class_names), mean, std)

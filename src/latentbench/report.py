@@ -34,7 +34,7 @@ MODEL_LABELS = {
     "supervised": "Supervised",
     "contrastive": "Contrastive",
 }
-DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG copy)"}
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 FIGURES = (("reconstructions", "Reconstructions (top: test images, bottom: decoded)"),
            ("interpolation", "Latent interpolation"),
            ("tsne", "t-SNE: latent space vs image space"),
@@ -397,6 +397,15 @@ class Document:
     reference: dict[str, Any]
 
 
+def cifar_is_jpeg_copy(study: Study) -> bool:
+    """The cifar10 loader prefers ``<root>/cifar10-jpeg`` when present; say so when the runs' root holds it."""
+    from latentbench.data import resolve_root
+
+    roots = {r.config.get("data", {}).get("root", "") for r in study.runs
+             if r.config.get("data", {}).get("name") == "cifar10"}
+    return any((resolve_root(root) / "cifar10-jpeg" / "train").is_dir() for root in roots)
+
+
 def assemble(study: Study) -> Document:
     ref = load_reference()
     datasets = list(dict.fromkeys(r.dataset for r in study.runs))
@@ -410,6 +419,9 @@ def assemble(study: Study) -> Document:
         intro.append(f"Produced by: {meta.get('command', '?')}")
     intro.append(f"{len(study.runs)} run(s) in {study.folder}; numbers are mean ± sample std over seeds. "
                  f"Original numbers: {ref['source']} ({ref['document']}).")
+    if cifar_is_jpeg_copy(study):
+        intro.append("CIFAR-10 here is the JPEG copy (cifar10-jpeg/, lossy baseline JPEGs of the standard split): "
+                     "close to, but not exactly, the numbers the original binary CIFAR-10 gives.")
     if any(r.dataset == "synthetic" or r.config.get("data", {}).get("name") == "synthetic" for r in study.runs):
         intro.append("These runs use SYNTHETIC stand-in data: the numbers only check the pipeline and are not "
                      "comparable with the report's.")

@@ -53,16 +53,22 @@ PRESETS = ("smoke", "quick", "paper")
 NEUTRAL_KEYS = {"data.root", "data.download", "train.device", "train.threads", "train.log_every", "out_dir",
                 "name", "train.amp", "train.compile"}
 
-# Cost model for the up-front estimate, in seconds on the 2-core reference CPU (float32, one process):
-# per training image and epoch, by encoder kind and objective (measured with the recipes' batch size 128;
-# see docs/reproduce.md). Early stopping and a faster machine make real runs shorter; the ETA printed
-# during the study rescales the remaining estimate by how the finished runs compared with theirs.
+# Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured
+# with one training thread while other jobs shared the machine (load ~4), float32, batch 128. A training
+# epoch costs n_train x TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs
+# EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
+# baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
+# TSNE. Early stopping and a faster machine make real runs shorter; the ETA printed during the study
+# rescales the remaining estimate by how long the finished runs took against theirs.
 TRAIN_SECONDS_PER_IMAGE = {
-    ("mlp", "autoencoder"): 2.0e-5, ("mlp", "supervised"): 2.0e-5, ("mlp", "contrastive"): 9.0e-5,
-    ("conv", "autoencoder"): 1.6e-3, ("conv", "supervised"): 0.9e-3, ("conv", "contrastive"): 4.0e-3,
+    ("mlp", "autoencoder"): 4.3e-5, ("mlp", "supervised"): 1.6e-5, ("mlp", "contrastive"): 5.0e-5,
+    ("conv", "autoencoder"): 2.4e-3, ("conv", "supervised"): 1.5e-3, ("conv", "contrastive"): 5.5e-3,
 }
-EVAL_SECONDS_PER_IMAGE = {"mlp": 3.0e-4, "conv": 1.2e-3}  # embeddings, probes, decoder probe (per train image)
-EVAL_SECONDS_PER_TSNE_POINT = 6.0e-3  # two t-SNE maps (latent and pixels) and the trustworthiness score
+EVAL_FIXED_SECONDS = 10.0
+EMBED_SECONDS_PER_IMAGE = {"mlp": 2e-5, "conv": 0.9e-3}
+PROBE_SECONDS_PER_IMAGE = {"mlp": 9e-4, "conv": 2.5e-3}
+DECODER_PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-5, "conv": 4e-3}
+TSNE_SECONDS_PER_POINT = 5e-3
 DATASET_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}  # (train + val, test) images
 
 
@@ -200,11 +206,16 @@ def plan_study(preset: Preset, out: Path, datasets: list[str] | None = None, see
 
 
 # ----------------------------------------------------------------------------------------- estimates
-def _train_images(cfg: RunConfig, dataset: str) -> int:
+def _split_sizes(cfg: RunConfig, dataset: str) -> tuple[int, int, int]:
+    """(train, val, test) image counts the run will see, without loading the data."""
     d = cfg.data
-    total = d.synthetic_train if d.name == "synthetic" else DATASET_SIZES.get(d.name, DATASET_SIZES[dataset])[0]
-    n = total - max(1, round(total * d.val_fraction))
-    return min(n, d.train_subset) if d.train_subset else n
+    if d.name == "synthetic":
+        total, test = d.synthetic_train, d.synthetic_test
+    else:
+        total, test = DATASET_SIZES.get(d.name, DATASET_SIZES[dataset])
+    val = max(1, round(total * d.val_fraction))
+    train = total - val
+    return (min(train, d.train_subset) if d.train_subset else train), val, test
 
 
 def _encoder_kind(cfg: RunConfig, dataset: str) -> str:
@@ -219,12 +230,18 @@ def estimate_seconds(run: PlannedRun) -> float:
     """Rough wall time of training plus evaluation on the reference 2-core CPU (see the cost model above)."""
     cfg = run.config
     kind = _encoder_kind(cfg, run.dataset)
-    n = _train_images(cfg, run.dataset)
+    n_train, n_val, n_test = _split_sizes(cfg, run.dataset)
     epochs = cfg.train.epochs
     if cfg.train.max_steps:
-        epochs = min(epochs, cfg.train.max_steps * cfg.train.batch_size / max(1, n))
-    train = epochs * n * TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)]
-    evaluation = n * EVAL_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * EVAL_SECONDS_PER_TSNE_POINT
+        epochs = min(epochs, cfg.train.max_steps * cfg.train.batch_size / max(1, n_train))
+    per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)]
+    train = epochs * (n_train + n_val / 3) * per_image
+    evaluation = (EVAL_FIXED_SECONDS + (n_train + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind]
+                  + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)
+    has_decoder = cfg.objective.name == "autoencoder" or (cfg.objective.name == "contrastive"
+                                                          and cfg.objective.recon_weight > 0)
+    if not has_decoder:
+        evaluation += n_train * cfg.eval.decoder_probe_epochs * DECODER_PROBE_SECONDS_PER_IMAGE[kind]
     return train + evaluation
 
 

@@ -220,6 +220,7 @@ class RunPaths:
         self.config = self.root / "config.json"
         self.info = self.root / "run_info.json"
         self.history = self.root / "history.csv"
+        self.steps = self.root / "steps.csv"  # training loss every train.log_every steps
         self.checkpoints = self.root / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
@@ -344,6 +345,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
+        self.step_log: list[dict[str, Any]] = []  # one row every train.log_every steps (steps.csv)
         self.partial: dict[str, float] = {}  # running train sums of an interrupted epoch
         self._sums: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
@@ -393,6 +395,7 @@ class Trainer:
             "partial": dict(self.partial),
             "rng": rng_state(),
             "history": self.history,
+            "step_log": self.step_log,
             "elapsed": self.elapsed,
             "config": self.cfg.to_dict(),
         }
@@ -427,6 +430,7 @@ class Trainer:
             self.early.best, self.early.best_epoch, self.early.bad_epochs = es["best"], es["best_epoch"], es["bad_epochs"]
             self.partial = dict(state.get("partial", {}))
             self.history = list(state["history"])
+            self.step_log = list(state.get("step_log", []))
             self.elapsed = float(state.get("elapsed", 0.0))
             set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
@@ -501,7 +505,10 @@ class Trainer:
             progress.update(1)
             if self.step % self.cfg.train.log_every == 0:
                 self._raise_if_diverged()
-                progress.set_postfix(loss=f"{loss.item():.4f}")
+                value = loss.item()
+                progress.set_postfix(loss=f"{value:.4f}")
+                self.step_log.append({"step": self.step, "epoch": self.epoch + 1, "loss": value,
+                                      "lr": self.optimizer.param_groups[0]["lr"]})
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
             if self._interrupt_requested:
@@ -637,6 +644,7 @@ class Trainer:
         self.save_last()
         if self.dist.is_main:
             write_history(self.paths.history, self.history)
+            write_history(self.paths.steps, self.step_log)
             shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_")))
             print(f"[{self.cfg.run_name()}] epoch {row['epoch']}: {shown} ({seconds:.1f}s)"
                   + (" *" if improved else ""), flush=True)
