@@ -13,8 +13,8 @@ most tutorials write it:
     ``RandomGrayscale``, ``RandomAffine``, ``RandomCrop(padding=4)``...), two views per image for
     contrastive training;
   * ``DataLoader(num_workers=2, shuffle=True)``, default collate, float32, contiguous NCHW tensors;
-  * plain ``torch.optim.Adam`` (no foreach/fused flag: the per-parameter loop on CPU), torch's default
-    thread count.
+  * plain ``torch.optim.Adam`` (AdamW with weight decay; no foreach/fused flag: the per-parameter loop on
+    CPU) with the config's learning-rate schedule, torch's default thread count.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from latentbench.config import RunConfig, load_config
 from latentbench.data import DatasetSpec, resolve_root
 from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
 from latentbench.models import ClassifierHead, ProjectionHead, build_encoder_decoder
+from latentbench.train import make_scheduler
 
 # Channel statistics as published for the two datasets (the reference does not scan the data for them).
 STATS = {
@@ -148,7 +149,11 @@ class NaiveRun:
         self.cfg, self.device, self.workers = cfg, torch.device(device), workers
         self.dataset = make_dataset(cfg, root)
         self.model = NaiveModel(cfg, spec_for(cfg.data.name)).to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        t = cfg.train
+        params = self.model.parameters()
+        self.optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.weight_decay > 0
+                          else torch.optim.Adam(params, lr=t.lr))
+        self.scheduler = make_scheduler(self.optimizer, cfg, len(self.dataset) // t.batch_size)  # same LR schedule
 
     def loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.cfg.train.batch_size, shuffle=True, drop_last=True,
@@ -159,6 +164,8 @@ class NaiveRun:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return loss
 
     def batches(self):

@@ -138,3 +138,16 @@ def test_choose_samples_picks_first_image_of_each_class_and_nested_subsets():
     ev.interp_indices = [7, 999]
     with pytest.raises(ConfigError, match="interp_indices"):
         choose_samples(ev, y, 10, 1)
+
+
+def test_auto_threads_leave_busy_cores_alone(monkeypatch):
+    from latentbench import evaluate as ev
+
+    monkeypatch.setattr(ev, "usable_cores", lambda: 4)
+    monkeypatch.setattr(ev.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert ev.eval_threads(0) == 4
+    monkeypatch.setattr(ev.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert ev.eval_threads(0) == 1
+    monkeypatch.setattr(ev.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert ev.eval_threads(0) == 1
+    assert ev.eval_threads(3) == 3  # an explicit train.threads wins

@@ -87,7 +87,8 @@ def test_tables_put_our_numbers_beside_the_reports(study_dir):
 def test_extra_metrics_baselines_and_probe_marker(study_dir):
     md = build_report(study_dir)[1].read_text()
     every = md.split("### MNIST: every model, every metric")[1].split("###")[0]
-    assert "| Raw pixels |" in every and "| PCA-128 of pixels |" in every
+    assert "| Raw pixels | — | — | 92.00% | 96.00% |" in every  # the same in every run: shown once, no "± 0"
+    assert "| PCA-128 of pixels | — | — | 91.00% | 96.50% |" in every
     supervised = next(line for line in every.splitlines() if line.startswith("| Supervised |"))
     assert "†" in supervised  # its reconstruction came from a decoder probe
     assert "finished, not evaluated" in md
@@ -107,7 +108,7 @@ def test_html_is_self_contained_and_markdown_links_resolve(study_dir):
 def test_environment_protocol_and_source_are_listed(study_dir):
     md = build_report(study_dir)[1].read_text()
     assert "2.x-test" in md and "cpu" in md
-    assert "`probe_mlp_test_acc` | MNIST: probe_mlp_test_acc on the test split, 3 epochs" in md
+    assert "| `probe_mlp_test_acc` | all runs | probe_mlp_test_acc on the test split, 3 epochs |" in md
     assert "Hassan & Hassan, Deep Learning Wet Report, April 2025" in md
     assert "training time (sum over runs) | 75.0 s" in md  # 6 runs x 12.5 s
 
@@ -168,3 +169,14 @@ def test_cli_report_and_clear_error_on_empty_folder(study_dir, tmp_path_factory,
     assert "no run directories" in capsys.readouterr().err
     with pytest.raises(RunFileError):
         build_report(empty / "missing")
+
+
+def test_protocols_listed_once_per_distinct_text(study_dir):
+    path = study_dir / "runs" / "mnist_supervised_s0" / "metrics.json"
+    doc = json.loads(path.read_text())
+    doc["protocol"]["knn_test_acc"] = "kNN, k=5"
+    path.write_text(json.dumps(doc))
+    md = build_report(study_dir)[1].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| `knn_test_acc` |")]
+    assert rows == ["| `knn_test_acc` | MNIST: Autoencoder, Contrastive | knn_test_acc on the test split, 3 epochs |",
+                    "| `knn_test_acc` | MNIST: Supervised | kNN, k=5 |"]

@@ -11,8 +11,8 @@ import pytest
 from latentbench import study
 from latentbench.config import ConfigError, load_config
 from latentbench.io import atomic_write_json
-from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset, plan_study, recipe_path,
-                               reproduce, run_state)
+from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset,
+                               plan_study, recipe_path, reproduce, run_state)
 from latentbench.train import Trainer, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +143,30 @@ def test_ctrl_c_in_training_then_resume_then_skip_everything(tmp_path, monkeypat
     assert fourth.trained == [] and fourth.evaluated == []
     assert json.loads((out / "study.json").read_text())["status"] == "finished"
     assert len(json.loads((out / "study.json").read_text())["sessions"]) == 4
+
+
+def test_a_diverged_run_is_reported_and_skipped_not_fatal(tmp_path):
+    from latentbench.train import TrainingDiverged
+
+    calls = Calls()
+
+    def diverge_supervised(cfg, run_dir, resume, splits):
+        if "supervised" in run_dir.name:
+            atomic_write_json(run_dir / "run_info.json", {"status": "diverged"})
+            raise TrainingDiverged("the loss became nan")
+        return calls.train(cfg, run_dir, resume, splits)
+
+    out = tmp_path / "study"
+    lines: list[str] = []
+    reproduce("smoke", out=out, datasets=["mnist"], train_fn=diverge_supervised, evaluate_fn=calls.evaluate,
+              log=lines.append, report=False)
+    assert calls.evaluated == ["mnist_autoencoder_s0", "mnist_contrastive_s0"]
+    assert json.loads((out / "study.json").read_text())["status"] == "finished with diverged runs"
+    assert any("diverged: mnist_supervised_s0" in line for line in lines)
+    again = Calls()
+    reproduce("smoke", out=out, datasets=["mnist"], train_fn=again.train, evaluate_fn=again.evaluate,
+              log=lines.append, report=False)
+    assert again.trained == [] and again.evaluated == []
 
 
 def test_changed_settings_are_refused_not_mixed(tmp_path):

@@ -56,8 +56,10 @@ EXTRA_COLUMNS = (
     ("effective_rank", "Eff. rank", "float1"),
     ("tsne_trustworthiness", "t-SNE trust.", "float3"),
 )
-BASELINES = (("Raw pixels", {"probe_linear_test_acc": "pixel_linear_test_acc", "knn_test_acc": "pixel_knn_test_acc"}),
-             ("PCA-128 of pixels", {"probe_linear_test_acc": "pca_linear_test_acc", "knn_test_acc": "pca_knn_test_acc"}))
+BASELINES = (
+    ("Raw pixels", {"probe_linear_test_acc": "pixel_linear_test_acc", "knn_test_acc": "pixel_knn_test_acc"}),
+    ("PCA-128 of pixels", {"probe_linear_test_acc": "pca_linear_test_acc", "knn_test_acc": "pca_knn_test_acc"}),
+)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -173,7 +175,10 @@ def load_study(folder: Path) -> Study:
                            "reproduce into it first")
     runs = [load_run(d, entries.get(d.name)) for d in dirs]
     order = {name: i for i, name in enumerate(entries)}
-    runs.sort(key=lambda r: (order.get(r.name, len(order)), r.dataset, _model_rank(r.model), r.seed))
+    known = list(DATASET_LABELS)
+    runs.sort(key=lambda r: (order.get(r.name, len(order)),
+                             known.index(r.dataset) if r.dataset in known else len(known),
+                             r.dataset, _model_rank(r.model), r.seed))
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
         groups.setdefault((run.dataset, run.model), Group(run.dataset, run.model)).runs.append(run)
@@ -308,12 +313,20 @@ def metrics_table(dataset: str, study: Study) -> Table:
         cells = [Cell(label, numeric=False), Cell("—")]
         for key, _, kind in EXTRA_COLUMNS:
             source = mapping.get(key)
-            cells.append(Cell(fmt_stat(pooled.stat(source), kind) if source else "—"))
+            cells.append(Cell(fmt_stat(_distinct_stat(pooled.values(source)), kind) if source else "—"))
         rows.append(cells)
     note = ("Test-set numbers, mean ± std over seeds. † reconstruction by a decoder probe trained on the frozen "
             "encoder (the model has no decoder of its own). Baseline rows: the same probes on raw pixels and "
             "on PCA-128 of the pixels.")
     return Table(f"{DATASET_LABELS.get(dataset, dataset)}: every model, every metric", header, rows, note)
+
+
+def _distinct_stat(values: list[float]) -> tuple[float, float | None, int] | None:
+    """A baseline depends only on the data, so every run of a dataset repeats it: summarise distinct values."""
+    distinct = sorted(set(values))
+    if not distinct:
+        return None
+    return statistics.fmean(distinct), (statistics.stdev(distinct) if len(distinct) > 1 else None), len(distinct)
 
 
 def runs_table(study: Study) -> Table:
@@ -358,15 +371,41 @@ def environment(study: Study) -> list[tuple[str, str]]:
     return rows
 
 
-def protocols(study: Study) -> list[tuple[str, str]]:
-    """Metric key -> protocol text (from metrics.json), distinct texts per dataset joined."""
-    out: dict[str, list[str]] = {}
-    for r in study.runs:
-        for key, text in r.protocol.items():
-            entry = f"{DATASET_LABELS.get(r.dataset, r.dataset)}: {text}"
-            if entry not in out.setdefault(key, []):
-                out[key].append(entry)
-    return [(k, " | ".join(v)) for k, v in out.items()]
+def protocols(study: Study) -> list[tuple[str, str, str]]:
+    """(metric key, which runs, protocol text) from metrics.json, each distinct text once.
+
+    A group of seeds is represented by its first run; a text shared by every model of a dataset (or of the
+    whole study) is listed once for all of them.
+    """
+    groups = sorted(study.groups.values(), key=lambda g: (_dataset_rank(study, g.dataset), _model_rank(g.model)))
+    keys = list(dict.fromkeys(k for g in groups for k in g.runs[0].protocol))
+    rows = []
+    for key in keys:
+        by_text: dict[str, list[Group]] = {}
+        having = [g for g in groups if key in g.runs[0].protocol]
+        for g in having:
+            by_text.setdefault(g.runs[0].protocol[key], []).append(g)
+        for text, members in by_text.items():
+            rows.append((key, _who(members, having, study), text))
+    return rows
+
+
+def _dataset_rank(study: Study, dataset: str) -> int:
+    order = list(dict.fromkeys(r.dataset for r in study.runs))
+    return order.index(dataset) if dataset in order else len(order)
+
+
+def _who(members: list[Group], having: list[Group], study: Study) -> str:
+    if len(members) == len(having) and len(having) > 1:
+        return "all runs"
+    parts = []
+    for dataset in dict.fromkeys(g.dataset for g in members):
+        mine = [g for g in members if g.dataset == dataset]
+        total = [g for g in having if g.dataset == dataset]
+        names = "all models" if len(mine) == len(total) and len(total) > 1 else \
+            ", ".join(MODEL_LABELS.get(g.model, g.model) for g in mine)
+        parts.append(f"{DATASET_LABELS.get(dataset, dataset)}: {names}")
+    return "; ".join(parts)
 
 
 def figure_sets(study: Study) -> list[tuple[str, Run, list[tuple[str, Path]]]]:
@@ -391,7 +430,7 @@ class Document:
     intro: list[str]
     tables: list[Table]
     figures: list[tuple[str, Run, list[tuple[str, Path]]]]
-    protocol_rows: list[tuple[str, str]]
+    protocol_rows: list[tuple[str, str, str]]
     commands: list[tuple[str, str]]
     env_rows: list[tuple[str, str]]
     reference: dict[str, Any]
@@ -415,7 +454,8 @@ def assemble(study: Study) -> Document:
     meta = study.meta
     intro = []
     if meta:
-        intro.append(f"Preset '{meta.get('preset')}': {meta.get('description', '')}. Status: {meta.get('status', '?')}.")
+        intro.append(f"Preset '{meta.get('preset')}': {meta.get('description', '')}. "
+                     f"Status: {meta.get('status', '?')}.")
         intro.append(f"Produced by: {meta.get('command', '?')}")
     intro.append(f"{len(study.runs)} run(s) in {study.folder}; numbers are mean ± sample std over seeds. "
                  f"Original numbers: {ref['source']} ({ref['document']}).")
@@ -432,7 +472,8 @@ def assemble(study: Study) -> Document:
 
 # ----------------------------------------------------------------------------------------- rendering
 CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;max-width:1300px;margin:2em auto;padding:0 1.2em;background:#fff}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;background:#fff;
+max-width:1300px;margin:2em auto;padding:0 1.2em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid #e3e7ef;padding-bottom:.2em}
 h3{margin:1.4em 0 .4em}p.meta{color:#4a5468;margin:.3em 0}
 .scroll{overflow-x:auto}
@@ -445,10 +486,11 @@ td.good{color:#0b6e3d;font-weight:600}td.bad{color:#b3261e;font-weight:600}
 p.note{color:#5b6578;font-size:.85em;margin-top:0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1em}
 .card{border:1px solid #e3e7ef;border-radius:8px;padding:.8em;background:#fcfcfe}
-.card h3{margin-top:0}
+.card h3{margin-top:0}.card.wide{grid-column:1/-1}
 figure{margin:.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eef0f5}
 figcaption{font-size:.85em;color:#4a5468}
-code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f3f5f9;padding:.1em .3em;border-radius:4px;word-break:break-all}
+code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f3f5f9;padding:.1em .3em;
+border-radius:4px;word-break:break-all}
 """
 
 
@@ -496,14 +538,22 @@ def render_html(doc: Document) -> str:
     parts += [_html_table(t) for t in other]
     parts.append("<h2>Figures</h2>")
     for label, run, figs in doc.figures:
-        cards = "".join(f'<div class="card"><figure><img alt="{_esc(title)}" src="{_png_data(path)}">'
+        cards = "".join(f'<div class="card{" wide" if path.stem == "tsne" else ""}"><figure>'
+                        f'<img alt="{_esc(title)}" src="{_png_data(path)}">'
                         f"<figcaption>{_esc(title)} — {_esc(run.name)}</figcaption></figure></div>"
                         for title, path in figs)
         parts.append(f"<h3>{_esc(label)}</h3><div class=\"grid\">{cards}</div>")
     if not doc.figures:
         parts.append("<p>No figures yet: evaluate the runs (latentbench eval RUN_DIR).</p>")
-    parts.append("<h2>Protocols</h2><p class=\"meta\">How each number was measured (from each run's metrics.json).</p>")
-    parts.append(_kv_table(doc.protocol_rows) if doc.protocol_rows else "<p>No evaluated runs.</p>")
+    parts.append("<h2>Protocols</h2><p class=\"meta\">How each number was measured (from each run's metrics.json; "
+                 "for several seeds, the first seed's text).</p>")
+    if doc.protocol_rows:
+        body = "".join(f"<tr><td><code>{_esc(k)}</code></td><td>{_esc(who)}</td><td>{_esc(text)}</td></tr>"
+                       for k, who, text in doc.protocol_rows)
+        parts.append(f"<div class=\"scroll\"><table><thead><tr><th>Number</th><th>Runs</th><th>Protocol</th></tr>"
+                     f"</thead><tbody>{body}</tbody></table></div>")
+    else:
+        parts.append("<p>No evaluated runs.</p>")
     parts.append("<h2>Commands</h2><p class=\"meta\">Each run on its own (recipe + the study's overrides).</p>")
     parts.append(_kv_table(doc.commands, code=True))
     parts.append("<h2>Environment and time</h2>" + _kv_table(doc.env_rows))
@@ -551,8 +601,9 @@ def render_markdown(doc: Document, md_dir: Path) -> str:
         for title, path in figs:
             rel = Path(os.path.relpath(path.resolve(), md_dir.resolve())).as_posix()
             lines += [f"![{title} — {run.name}]({rel})", ""]
-    lines += ["## Protocols", "", "| Number | Protocol |", "| --- | --- |"]
-    lines += [f"| `{k}` | {v.replace('|', '/')} |" for k, v in doc.protocol_rows] + [""]
+    lines += ["## Protocols", "", "How each number was measured (from each run's metrics.json; for several seeds, "
+              "the first seed's text).", "", "| Number | Runs | Protocol |", "| --- | --- | --- |"]
+    lines += [f"| `{k}` | {who} | {text.replace('|', '/')} |" for k, who, text in doc.protocol_rows] + [""]
     lines += ["## Commands", "", "```"] + [f"# {name}\n{cmd}" for name, cmd in doc.commands] + ["```", ""]
     lines += ["## Environment and time", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in doc.env_rows] + [""]

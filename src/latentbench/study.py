@@ -52,6 +52,7 @@ PRESETS = ("smoke", "quick", "paper")
 # run computes (where the data lives, which device, how many threads, progress output).
 NEUTRAL_KEYS = {"data.root", "data.download", "train.device", "train.threads", "train.log_every", "out_dir",
                 "name", "train.amp", "train.compile"}
+DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 
 # Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured
 # with one training thread while other jobs shared the machine (load ~4), float32, batch 128. A training
@@ -64,7 +65,7 @@ TRAIN_SECONDS_PER_IMAGE = {
     ("mlp", "autoencoder"): 4.3e-5, ("mlp", "supervised"): 1.6e-5, ("mlp", "contrastive"): 5.0e-5,
     ("conv", "autoencoder"): 2.4e-3, ("conv", "supervised"): 1.5e-3, ("conv", "contrastive"): 5.5e-3,
 }
-EVAL_FIXED_SECONDS = 10.0
+EVAL_FIXED_SECONDS = 4.0
 EMBED_SECONDS_PER_IMAGE = {"mlp": 2e-5, "conv": 0.9e-3}
 PROBE_SECONDS_PER_IMAGE = {"mlp": 9e-4, "conv": 2.5e-3}
 DECODER_PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-5, "conv": 4e-3}
@@ -135,7 +136,8 @@ def load_preset(name: str) -> Preset:
     if not (path.suffix == ".toml" and path.is_file()):
         path = _package_file("presets", f"{name}.toml")
         if not path.is_file():
-            raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or give a preset .toml file")
+            raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} "
+                              "or give a preset .toml file")
     try:
         tree = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
@@ -389,6 +391,37 @@ def _previous_sessions(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float], out: Path,
+             say: Callable[[str], None]) -> None:
+    """The preset, the number of runs and the estimated cost, before anything starts."""
+    todo = [r.name for r in plan if states[r.name] not in DONE_STATES]
+    per_dataset = ", ".join(f"{DATASET_LABELS[d]}: {len(GRID[d])} models x "
+                            f"{sum(1 for r in plan if r.dataset == d) // len(GRID[d])} seed(s)"
+                            for d in dict.fromkeys(r.dataset for r in plan))
+    say(f"latentbench reproduce: preset '{spec.name}' - {spec.description}")
+    say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
+    say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[n] for n in todo))} "
+        "on a 2-core CPU (refined as runs finish)")
+
+
+def run_one(run: PlannedRun, state: str, tag: str, splits: Callable[[], Any], train_fn: Callable[..., Path],
+            evaluate_fn: Callable[[Path, Any], dict], say: Callable[[str], None]) -> bool:
+    """Train (or resume) and evaluate one run as its ``state`` requires; False when its training diverged."""
+    from latentbench.train import TrainingDiverged
+
+    if state in ("new", "interrupted"):
+        verb = "resuming from its last checkpoint" if state == "interrupted" else "training"
+        say(f"{tag}: {verb} (up to {run.config.train.epochs} epochs)")
+        try:
+            train_fn(run.config, run.run_dir, state == "interrupted", splits())
+        except TrainingDiverged as err:
+            say(f"{tag}: diverged ({err}); continuing with the next run")
+            return False
+    say(f"{tag}: evaluating")
+    evaluate_fn(run.run_dir, splits())
+    return True
+
+
 def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: int | None = None,
               out: Path | None = None, data_root: str | None = None, device: str | None = None,
               extra_overrides: list[str] | None = None, *, report: bool = True,
@@ -400,34 +433,25 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits)`` default to the package's
     training and evaluation; tests swap them to count calls.
     """
-    from latentbench.train import TrainingDiverged, TrainingInterrupted
+    from latentbench.train import TrainingInterrupted
 
     say = log or (lambda text: print(text, flush=True))
     train_fn, evaluate_fn = train_fn or _default_train, evaluate_fn or _default_evaluate
     spec = load_preset(preset)
-    given_out = out
-    out = Path(out) if out else Path("runs") / f"study_{spec.name}"
+    folder = Path(out) if out else Path("runs") / f"study_{spec.name}"
     user = [*([f'data.root="{data_root}"'] if data_root else []), *([f'train.device="{device}"'] if device else []),
             *(extra_overrides or [])]
-    plan = plan_study(spec, out, datasets, seeds, user)
+    plan = plan_study(spec, folder, datasets, seeds, user)
     for run in plan:
         check_same_settings(run)
-    check_writable(out)
-    command = reproduce_command(preset, datasets, seeds, given_out, data_root, device, list(extra_overrides or []))
-    study_json = out / "study.json"
+    check_writable(folder)
+    command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
+    study_json = folder / "study.json"
     sessions = _previous_sessions(study_json)
     started = time.time()
-
     estimates = {r.name: estimate_seconds(r) for r in plan}
     states = {r.name: run_state(r.run_dir) for r in plan}
-    todo = [r for r in plan if states[r.name] not in ("evaluated", "diverged")]
-    per_dataset = ", ".join(f"{DATASET_LABELS[d]}: {len(GRID[d])} models x "
-                            f"{sum(1 for r in plan if r.dataset == d) // len(GRID[d])} seed(s)"
-                            for d in dict.fromkeys(r.dataset for r in plan))
-    say(f"latentbench reproduce: preset '{spec.name}' - {spec.description}")
-    say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
-    say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[r.name] for r in todo))} "
-        "on a 2-core CPU (refined as runs finish)")
+    announce(spec, plan, states, estimates, folder, say)
 
     def save_state(status: str) -> None:
         session = {"started": started, "ended": time.time(), "seconds": round(time.time() - started, 1),
@@ -437,51 +461,40 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
             "wall_seconds": round(sum(s["seconds"] for s in sessions) + session["seconds"], 1)})
 
     save_state("running")
-    eta = Eta(estimates)
-    cache = _SplitsCache()
-    diverged: list[str] = []
+    eta, cache = Eta(estimates), _SplitsCache()
+    diverged = [name for name, state in states.items() if state == "diverged"]
     current = ""
     try:
         for i, run in enumerate(plan, 1):
-            current, state = run.name, states[run.name]
-            tag = f"[{i}/{len(plan)}] {run.name}"
-            if state == "evaluated":
-                say(f"{tag}: finished and evaluated earlier; skipped")
-                continue
-            if state == "diverged":
-                say(f"{tag}: diverged earlier; skipped (delete {run.run_dir} to try again)")
-                diverged.append(run.name)
+            current, state, tag = run.name, states[run.name], f"[{i}/{len(plan)}] {run.name}"
+            if state in DONE_STATES:
+                say(f"{tag}: " + ("finished and evaluated earlier; skipped" if state == "evaluated" else
+                                  f"diverged earlier; skipped (delete {run.run_dir} to try again)"))
                 continue
             t0 = time.perf_counter()
-            if state in ("new", "interrupted"):
-                verb = "resuming from its last checkpoint" if state == "interrupted" else "training"
-                say(f"{tag}: {verb} (up to {run.config.train.epochs} epochs)")
-                try:
-                    train_fn(run.config, run.run_dir, state == "interrupted", cache.get(run.config))
-                except TrainingDiverged as err:
-                    say(f"{tag}: diverged ({err}); continuing with the next run")
-                    diverged.append(run.name)
-                    continue
-            say(f"{tag}: evaluating")
-            evaluate_fn(run.run_dir, cache.get(run.config))
+            if not run_one(run, state, tag, lambda: cache.get(run.config), train_fn, evaluate_fn, say):
+                diverged.append(run.name)
+                continue
             took = time.perf_counter() - t0
             eta.record(run.name, took)
-            pending = [r.name for r in plan[i:] if states[r.name] not in ("evaluated", "diverged")]
+            pending = [r.name for r in plan[i:] if states[r.name] not in DONE_STATES]
             say(f"{tag}: done in {format_duration(took)}; elapsed {format_duration(time.time() - started)}, "
                 f"about {format_duration(eta.remaining(pending))} left ({len(pending)} run(s))")
             save_state("running")
     except (KeyboardInterrupt, TrainingInterrupted):
         save_state("interrupted")
         raise TrainingInterrupted(
-            f"study interrupted during {current}; every finished run is kept in {out}. Continue with: {command}"
+            f"study interrupted during {current}; every finished run is kept in {folder}. Continue with: {command}"
         ) from None
+    except Exception:
+        save_state(f"failed during {current}")
+        raise
     save_state("finished" if not diverged else "finished with diverged runs")
     if report:
         from latentbench.report import build_report
 
-        html, md = build_report(out)
+        html, md = build_report(folder)
         say(f"report: {html} and {md}")
     say(f"study {'finished' if not diverged else 'finished; diverged: ' + ', '.join(diverged)} in "
         f"{format_duration(time.time() - started)} (this session)")
-    return out
-
+    return folder
