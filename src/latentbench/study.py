@@ -1,7 +1,7 @@
 """The report's study as data: the grid of runs, the presets, and ``reproduce``, which runs it resumably.
 
     latentbench reproduce --preset quick --data-root ../shared/data      # whole grid, <= 15 min on 2 CPU cores
-    latentbench reproduce --preset paper --datasets mnist --seeds 3      # the report's settings
+    latentbench reproduce --preset paper --datasets mnist                # the report's settings, 3 seeds
     latentbench reproduce --preset smoke                                 # synthetic stand-ins, seconds (tests)
 
 The grid (``GRID``) is every (dataset, model) of the report; each model's hyper-parameters live in ONE
@@ -14,7 +14,7 @@ overrides for one run is: recipe -> preset (all runs) -> preset dataset -> prese
 The study folder (``--out``, default ``runs/study_<preset>``) holds ``study.json`` (the plan and the
 command), ``runs/<dataset>_<model>_s<seed>/`` run directories and ``report.html`` / ``report.md``.
 Re-running the same command skips finished runs (``run_info.json`` status ``finished``) and evaluations
-(``metrics.json`` present) and resumes interrupted runs from ``checkpoints/last.pt``; Ctrl-C stops after
+(``metrics.json`` and the figures it lists present) and resumes interrupted runs from ``checkpoints/last.pt``; Ctrl-C stops after
 saving, keeping every finished run. A run directory made with different settings is never mixed in: the
 study stops and names the keys that differ.
 """
@@ -37,13 +37,6 @@ from latentbench.io import RunFileError, atomic_write_json, check_writable, read
 GRID: dict[str, tuple[str, ...]] = {
     "mnist": ("autoencoder", "supervised", "contrastive"),
     "cifar10": ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive"),
-}
-MODEL_LABELS = {
-    "autoencoder": "Autoencoder",
-    "autoencoder_skip": "Autoencoder (skip)",
-    "denoising": "Denoising autoencoder",
-    "supervised": "Supervised (classification-guided)",
-    "contrastive": "Contrastive",
 }
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 PRESETS = ("smoke", "quick", "paper")
