@@ -63,7 +63,7 @@ COMMON = ["data.synthetic_train=200", "train.batch_size=128", "train.epochs=3", 
 # The run made through the CLI: contrastive, MLP encoder, BatchNorm in the projector (synced), 2 steps.
 CLI_SETS = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=200", "train.epochs=2",
             "train.batch_size=128", 'objective.name="contrastive"', 'objective.augment="none"',
-            'train.sync_batchnorm="on"', "train.patience=0", "train.threads=1", "eval.probe_epochs=2",
+            'train.sync_batchnorm="on"', 'model.encoder="conv"', "model.conv_widths=[8,16,16,32]", "train.patience=0", "train.threads=1", "eval.probe_epochs=2",
             "eval.decoder_probe_epochs=1", "eval.tsne_points=100", "eval.tsne_iters=10",
             "eval.silhouette_points=100", "eval.alignment_points=100", "eval.trust_points=100", 'name="tr"']
 
