@@ -54,7 +54,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = AugmentConfig()
     shapes = {"color": (3, 32), "digits": (1, 28), "crop_flip": (3, 32)}
-    print(f"| pipeline | batch | ours ms | kornia ms | kornia / ours |\n|---|---|---|---|---|")
+    print("| pipeline | batch | ours ms | kornia ms | kornia / ours |\n|---|---|---|---|---|")
     for kind, (channels, size) in shapes.items():
         x = torch.rand(args.batch, channels, size, size)
         ours = lambda t, k=kind: augment(t, k, cfg)  # noqa: E731

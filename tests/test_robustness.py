@@ -23,7 +23,7 @@ import torch
 import latentbench.io
 from latentbench import cli
 from latentbench.config import ConfigError
-from latentbench.io import RunFileError, atomic_torch_save, atomic_write_text, safe_torch_load
+from latentbench.io import RunFileError, atomic_write_text, safe_torch_load
 from latentbench.train import TrainingDiverged, train
 
 SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",

@@ -18,7 +18,6 @@ split (early stopping, or the best ``C``) and then scored once on every split.
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -29,6 +28,7 @@ from torch import nn
 
 from latentbench import onednn
 from latentbench.metrics import accuracy, pixel_errors
+from latentbench.train import EarlyStopping
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _train_mlp_probe(head: nn.Module, z: dict[str, torch.Tensor], y: dict[str, t
     gen = torch.Generator().manual_seed(seed)
     device = z["train"].device
     opt = _adam(head, lr, weight_decay)
-    best_acc, best_state, best_epoch, bad, epoch = -1.0, None, 0, 0, 0
+    stopper, best_state, epoch = EarlyStopping("max", patience), None, 0
     for epoch in range(1, epochs + 1):
         head.train()
         for index in _batches(len(z["train"]), batch_size, gen, device):
@@ -102,17 +102,14 @@ def _train_mlp_probe(head: nn.Module, z: dict[str, torch.Tensor], y: dict[str, t
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val_acc = accuracy(predict(head, z["val"]), y["val"])
-        if val_acc > best_acc:
-            best_acc, best_state, best_epoch, bad = val_acc, copy.deepcopy(head.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if patience and bad >= patience:
-                break
+        if stopper.update(accuracy(predict(head, z["val"]), y["val"]), epoch):
+            best_state = copy.deepcopy(head.state_dict())
+        elif stopper.should_stop:
+            break
     if best_state is not None:
         head.load_state_dict(best_state)
     scores = {split: accuracy(predict(head, z[split]), y[split]) for split in z}
-    return ProbeResult(head.eval(), scores, epochs=epoch, best_epoch=best_epoch)
+    return ProbeResult(head.eval(), scores, epochs=epoch, best_epoch=max(stopper.best_epoch, 0))
 
 
 # ----------------------------------------------------------------------------------------- linear probe
@@ -191,7 +188,7 @@ def _train_decoder_probe(decoder: nn.Module, z: dict[str, torch.Tensor], x: dict
     gen = torch.Generator().manual_seed(seed)
     device = z["train"].device
     opt = _adam(decoder, lr)
-    best_mae, best_state, best_epoch, bad, epoch = math.inf, None, 0, 0, 0
+    stopper, best_state, epoch = EarlyStopping("min", patience), None, 0
     for epoch in range(1, epochs + 1):
         decoder.train()
         for index in _batches(len(z["train"]), batch_size, gen, device):
@@ -199,17 +196,14 @@ def _train_decoder_probe(decoder: nn.Module, z: dict[str, torch.Tensor], x: dict
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val_mae = float(decode_errors(decoder, z["val"], x["val"])[0].mean())
-        if val_mae < best_mae:
-            best_mae, best_state, best_epoch, bad = val_mae, copy.deepcopy(decoder.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if patience and bad >= patience:
-                break
+        if stopper.update(float(decode_errors(decoder, z["val"], x["val"])[0].mean()), epoch):
+            best_state = copy.deepcopy(decoder.state_dict())
+        elif stopper.should_stop:
+            break
     if best_state is not None:
         decoder.load_state_dict(best_state)
     scores = {split: float(decode_errors(decoder, z[split], x[split])[0].mean()) for split in z}
-    return ProbeResult(decoder.eval(), scores, epochs=epoch, best_epoch=best_epoch)
+    return ProbeResult(decoder.eval(), scores, epochs=epoch, best_epoch=max(stopper.best_epoch, 0))
 
 
 @torch.no_grad()
