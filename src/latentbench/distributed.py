@@ -13,7 +13,7 @@ of this does anything. What lives here:
 * :func:`convert_sync_batchnorm` - BatchNorm statistics over the global batch: PyTorch's
   ``nn.SyncBatchNorm`` on GPUs, :class:`CPUSyncBatchNorm` on CPU (``nn.SyncBatchNorm`` rejects CPU
   tensors in torch 2.x: "SyncBatchNorm expected input tensor to be on GPU or XPU").
-* :func:`all_reduce_mean`, :func:`broadcast_stats`, :func:`broadcast_flag`, :func:`barrier` - small
+* :func:`all_reduce_mean`, :func:`broadcast_stats`, :func:`barrier` - small
   non-differentiable collectives for logging and for decisions every rank must share.
 
 The two differentiable collectives are small ``autograd.Function``s over ``dist.all_gather`` and
@@ -248,15 +248,6 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, made known to every rank."""
-    if not is_initialized():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
 
 
 def broadcast_stats(stats: dict[str, float], device: torch.device) -> dict[str, float]:
