@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentbench.augment import (add_noise, affine_grid, apply_color, augment, crop_theta, digit_theta,
-                                 grayscale, sample_color_params, sample_crop_params, sample_digit_params,
-                                 sample_shift_params, shift_theta, view_kind, warp)
+from latentbench.augment import (add_noise, affine_grid, apply_color, apply_erase, apply_stroke, augment,
+                                 crop_theta, digit_theta, grayscale, sample_color_params, sample_crop_params,
+                                 sample_digit_params, sample_erase_params, sample_shift_params,
+                                 sample_stroke_params, shift_theta, view_kind, warp)
 from latentbench.config import AugmentConfig
 
 N = 20_000  # draws for the frequency checks: 4 standard errors of p=0.5 is 0.014
@@ -235,3 +236,55 @@ def test_view_kind_auto():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment(images(2), "bogus", AugmentConfig())
+
+
+# ------------------------------------------------------------------------- stroke width and erasing
+def test_stroke_params_follow_probability():
+    p = sample_stroke_params(N, 0.6)
+    assert not bool((p["dilate"] & p["erode"]).any())
+    assert close_to(p["dilate"], 0.3) and close_to(p["erode"], 0.3)
+
+
+def test_stroke_matches_a_per_pixel_window_loop():
+    x = images(3, 1, 9)
+    p = {"dilate": torch.tensor([True, False, False]), "erode": torch.tensor([False, True, False])}
+    out = apply_stroke(x, p)
+    padded_max = F.pad(x, (1, 1, 1, 1), value=0.0)  # reference: explicit 3x3 windows
+    padded_min = F.pad(x, (1, 1, 1, 1), value=1.0)
+    for i in range(9):
+        for j in range(9):
+            assert torch.isclose(out[0, 0, i, j], padded_max[0, 0, i:i + 3, j:j + 3].max())
+            assert torch.isclose(out[1, 0, i, j], padded_min[1, 0, i:i + 3, j:j + 3].min())
+    assert torch.equal(out[2], x[2])
+
+
+def test_erase_params_follow_ranges():
+    p = sample_erase_params(N, 0.5, (0.02, 0.15))
+    assert close_to(p["erase"], 0.5)
+    assert within(p["side"] ** 2, 0.02, 0.15) and spread(p["side"] ** 2, 0.02, 0.15)
+    for key in ("cx", "cy"):
+        assert within(p[key], 0.0, 1.0) and spread(p[key], 0.0, 1.0)
+
+
+def test_erase_zeroes_exactly_the_sampled_box():
+    x = torch.ones(2, 1, 10, 10)
+    p = {"erase": torch.tensor([True, False]), "side": torch.tensor([0.4, 0.4]),
+         "cx": torch.tensor([0.5, 0.5]), "cy": torch.tensor([0.3, 0.3])}
+    out = apply_erase(x, p)
+    expected = torch.ones(10, 10)
+    expected[1:5, 3:7] = 0.0  # pixel centres (k + 0.5) / 10 within 0.2 of (0.3, 0.5)
+    assert torch.equal(out[0, 0], expected)
+    assert torch.equal(out[1], x[1])
+
+
+def test_digit_views_use_stroke_and_erase_when_enabled():
+    x = images(64, 1, 28)
+    cfg = AugmentConfig(digit_crop_scale=[1.0, 1.0], rotation_deg=0.0, translate=0.0)
+    assert torch.allclose(augment(x, "digits", cfg), x, atol=1e-5)
+    cfg.erase_p, cfg.erase_scale = 1.0, [0.1, 0.1]
+    erased = augment(x, "digits", cfg)
+    zero_share = (erased == 0).float().mean(dim=(1, 2, 3))
+    assert bool((zero_share > 0.02).all())
+    cfg.erase_p, cfg.stroke_p = 0.0, 1.0
+    stroked = augment(x, "digits", cfg)
+    assert not torch.allclose(stroked, x) and float(stroked.min()) >= 0 and float(stroked.max()) <= 1

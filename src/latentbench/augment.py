@@ -9,6 +9,8 @@ Kinds:
   * ``color``: SimCLR's view pipeline: random resized crop, horizontal flip, colour jitter with
     probability, random grayscale (Chen et al. 2020, appendix A).
   * ``digits``: crop/scale, small rotation and translation; no flips or colour (a flipped 2 is no 2).
+    Optionally, with probability, a thicker or thinner stroke (3x3 grey dilation or erosion) and
+    random erasing of a rectangle (Zhong et al. 2020), both off by default.
   * ``crop_flip``: supervised CIFAR augmentation: shift by up to 4 pixels (zero padding) and flip.
   * ``none``: identity.
 
@@ -83,6 +85,47 @@ def digit_theta(p: dict[str, torch.Tensor]) -> torch.Tensor:
     cos, sin = rad.cos() * side, rad.sin() * side
     theta = torch.stack([torch.stack([cos, -sin, 2 * p["tx"]], 1), torch.stack([sin, cos, 2 * p["ty"]], 1)], 1)
     return theta
+
+
+def sample_stroke_params(n: int, p: float, device="cpu") -> dict[str, torch.Tensor]:
+    """Stroke width: with probability ``p`` an image is dilated or eroded (equal odds), else unchanged."""
+    change = _bernoulli(n, p, device)
+    thicker = _bernoulli(n, 0.5, device)
+    return {"dilate": change & thicker, "erode": change & ~thicker}
+
+
+def apply_stroke(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Grey-level dilation (3x3 max) or erosion (3x3 min) per image, chosen by the masks in ``p``."""
+    if not bool((p["dilate"] | p["erode"]).any()):
+        return x
+    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    view = (-1, 1, 1, 1)
+    return torch.where(p["dilate"].view(view), dilated, torch.where(p["erode"].view(view), eroded, x))
+
+
+def sample_erase_params(n: int, p: float, scale: tuple[float, float], device="cpu") -> dict[str, torch.Tensor]:
+    """Random erasing: with probability ``p`` a square covering ``scale`` of the area, centred anywhere."""
+    return {
+        "erase": _bernoulli(n, p, device),
+        "side": _uniform(n, scale[0], scale[1], device).sqrt(),
+        "cx": _uniform(n, 0.0, 1.0, device),
+        "cy": _uniform(n, 0.0, 1.0, device),
+    }
+
+
+def apply_erase(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Zero the sampled square of every image whose ``erase`` flag is set (box clipped to the image)."""
+    if not bool(p["erase"].any()):
+        return x
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
+    cols = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
+    half = (p["side"] / 2).view(-1, 1)
+    in_rows = (rows.view(1, -1) - p["cy"].view(-1, 1)).abs() <= half
+    in_cols = (cols.view(1, -1) - p["cx"].view(-1, 1)).abs() <= half
+    box = in_rows[:, :, None] & in_cols[:, None, :] & p["erase"].view(-1, 1, 1)
+    return x.masked_fill(box[:, None], 0.0)
 
 
 def sample_shift_params(n: int, max_shift: int, height: int, width: int, flip_p: float,
@@ -189,7 +232,12 @@ def augment(x: torch.Tensor, kind: str, cfg: AugmentConfig) -> torch.Tensor:
         return apply_color(out, sample_color_params(n, cfg, x.device)) if c == 3 else out
     if kind == "digits":
         geo = sample_digit_params(n, tuple(cfg.digit_crop_scale), cfg.rotation_deg, cfg.translate, x.device)
-        return warp(x, digit_theta(geo), padding="zeros")
+        out = warp(x, digit_theta(geo), padding="zeros")
+        if cfg.stroke_p > 0:
+            out = apply_stroke(out, sample_stroke_params(n, cfg.stroke_p, x.device))
+        if cfg.erase_p > 0:
+            out = apply_erase(out, sample_erase_params(n, cfg.erase_p, tuple(cfg.erase_scale), x.device))
+        return out
     if kind == "crop_flip":
         geo = sample_shift_params(n, max(1, round(h / 8)), h, w, cfg.flip_p, x.device)
         return warp(x, shift_theta(geo), padding="zeros")

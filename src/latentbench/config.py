@@ -82,6 +82,9 @@ class AugmentConfig:
     digit_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     rotation_deg: float = 15.0  # digits: uniform rotation in [-deg, deg]
     translate: float = 0.1  # digits: shift as a fraction of the image side
+    stroke_p: float = 0.0  # digits: probability of a thicker or thinner stroke (3x3 dilation / erosion)
+    erase_p: float = 0.0  # digits: probability of erasing a random square (random erasing)
+    erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.15])  # erased area fraction range
 
 
 @dataclass
@@ -178,7 +181,7 @@ NON_NEGATIVE = {
 }
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
-    "augment.gray_p", "objective.label_smoothing",
+    "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p",
 }
 
 
@@ -260,7 +263,7 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must lie in [0, 1], got {flat[key]!r}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.data.val_fraction}")
-    for key in ("augment.crop_scale", "augment.crop_ratio", "augment.digit_crop_scale"):
+    for key in ("augment.crop_scale", "augment.crop_ratio", "augment.digit_crop_scale", "augment.erase_scale"):
         lo_hi = flat[key]
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, got {lo_hi}")
