@@ -61,7 +61,8 @@ def test_report_architectures():
 
 
 CASES = [(e, o, extra) for e in names("encoder") for o, extra in [
-    ("autoencoder", ()), ("autoencoder", ("objective.noise_std=0.2",)), ("supervised", ()),
+    ("autoencoder", ()), ("autoencoder", ("objective.noise_std=0.2",)),
+    ("autoencoder", ('objective.recon_augment="digits"',)), ("supervised", ()),
     ("supervised", ('objective.supervised_augment="crop_flip"',)), ("contrastive", ()),
     ("contrastive", ("objective.recon_weight=1.0", "objective.noise_std=0.1")),
 ]]
@@ -113,3 +114,21 @@ def test_unknown_names_list_the_choices():
         get("objective", "autoencoer")
     with pytest.raises(RegistryError, match="conv, mlp"):
         build_encoder_decoder(GRAY, cfg_for("resnet", "autoencoder").model)
+
+
+def test_augmented_autoencoder_reconstructs_its_view_in_training_only():
+    """With recon_augment the target is the augmented view (not the clean image); eval sees clean x."""
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.recon_augment="digits"',
+                                        'objective.recon_loss="l1"'))
+    x, y = batch(GRAY)
+    seen = []
+    obj.view = lambda images: seen.append(images) or torch.flip(images, dims=[-1])
+    obj.train()
+    loss, _ = obj((x, y))
+    with torch.no_grad():
+        x_hat = obj.decoder(obj.encoder(torch.flip(x, dims=[-1])))
+    assert len(seen) == 1 and torch.allclose(loss, (x_hat - torch.flip(x, dims=[-1])).abs().mean(), atol=1e-6)
+    obj.eval()
+    with torch.no_grad():
+        obj((x, y))
+    assert len(seen) == 1  # no augmentation at evaluation

@@ -66,6 +66,7 @@ class ObjectiveConfig:
     recon_weight: float = 0.0  # contrastive: weight of the (denoising) reconstruction term
     augment: str = "auto"  # view augmentation: auto | digits | color | none
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
+    recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
 
 
 @dataclass
@@ -159,6 +160,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_loss": ("l1", "mse", "l1+mse", "bce"),
     "objective.augment": ("auto", "digits", "color", "none"),
     "objective.supervised_augment": ("none", "crop_flip", "digits"),
+    "objective.recon_augment": ("none", "crop_flip", "digits"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.sync_batchnorm": ("auto", "on", "off"),

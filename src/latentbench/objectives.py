@@ -4,7 +4,8 @@ The training loop knows nothing about autoencoders, labels or views: it calls ``
 gets a scalar loss tensor and a dict of detached scalar tensors for logging. Each objective names the
 validation statistic to select on (``monitor``) and whether lower or higher is better.
 
-  * ``autoencoder``  - reconstruct ``x`` from ``encoder(x + noise)`` (denoising when ``noise_std > 0``).
+  * ``autoencoder``  - reconstruct ``x`` from ``encoder(x + noise)`` (denoising when ``noise_std > 0``);
+                       with ``recon_augment`` the training images are first augmented (target = the view).
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
                        (denoising) reconstruction term through a decoder (the report's CIFAR model).
@@ -57,17 +58,21 @@ def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
 
 @register("objective", "autoencoder")
 class AutoencoderObjective(Objective):
-    def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__(encoder)
-        self.decoder, self.recon_loss, self.noise_std = decoder, recon_loss, noise_std
+        self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
-        return cls(encoder, decoder, cfg.objective.recon_loss, cfg.objective.noise_std)
+        o = cfg.objective
+        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg))
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
+        if self.training and self.view is not None:
+            x = self.view(x)  # the view is both input and target: more varied digits, same task
         z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
         x_hat = self.decoder(z, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
