@@ -111,8 +111,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    probe_epochs: int = 30  # MLP probe: max epochs (early stopping on validation)
-    probe_patience: int = 5
+    probe_epochs: int = 100  # MLP probe: max epochs (early stopping on validation; it stops at 30-60)
+    probe_patience: int = 10  # 5 stopped too early: MNIST AE probe val 96.97% -> 97.35% with 10 (3 s more)
     probe_lr: float = 1e-3
     probe_weight_decay: float = 0.0
     linear_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
