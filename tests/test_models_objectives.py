@@ -132,3 +132,11 @@ def test_augmented_autoencoder_reconstructs_its_view_in_training_only():
     with torch.no_grad():
         obj((x, y))
     assert len(seen) == 1  # no augmentation at evaluation
+
+
+def test_mlp_decoder_mirrors_the_encoder_unless_given_its_own_widths():
+    mirrored = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder").model)[1]
+    assert [m.out_features for m in mirrored.net if isinstance(m, torch.nn.Linear)] == [32, 64, 784]
+    own = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder", "model.mlp_decoder_hidden=[48,96,128]").model)[1]
+    assert [m.out_features for m in own.net if isinstance(m, torch.nn.Linear)] == [48, 96, 128, 784]
+    assert own(torch.zeros(2, 16)).shape == (2, *GRAY.shape)

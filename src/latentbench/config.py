@@ -47,6 +47,7 @@ class ModelConfig:
     encoder: str = "auto"  # auto = mlp for small grayscale images, conv otherwise
     latent_dim: int = 128  # the report's latent size
     mlp_hidden: list[int] = field(default_factory=lambda: [256, 128])  # report: 784-256-128-128
+    mlp_decoder_hidden: list[int] = field(default_factory=list)  # decoder widths from z outwards; [] = mirror
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
@@ -269,8 +270,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         lo_hi = flat[key]
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, got {lo_hi}")
-    if any(w <= 0 for w in cfg.model.mlp_hidden + cfg.model.conv_widths):
-        raise ConfigError("model.mlp_hidden and model.conv_widths must hold positive widths")
+    if any(w <= 0 for w in cfg.model.mlp_hidden + cfg.model.mlp_decoder_hidden + cfg.model.conv_widths):
+        raise ConfigError("model.mlp_hidden, model.mlp_decoder_hidden and model.conv_widths must hold positive widths")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
 

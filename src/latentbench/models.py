@@ -65,10 +65,12 @@ class MLPEncoder(Encoder):
 
 
 class MLPDecoder(nn.Module):
+    """``hidden`` lists the widths from the latent outwards (the encoder's, reversed, for a mirror)."""
+
     def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int):
         super().__init__()
         self.shape = spec.shape
-        self.net = _mlp([latent_dim, *reversed(hidden), math.prod(spec.shape)], nn.Sigmoid())
+        self.net = _mlp([latent_dim, *hidden, math.prod(spec.shape)], nn.Sigmoid())
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self.net(z).view(-1, *self.shape)
@@ -176,7 +178,8 @@ class ProjectionHead(nn.Module):
 # ------------------------------------------------------------------------------------------ registry
 @register("encoder", "mlp")
 def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
-    return MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim), MLPDecoder(spec, cfg.mlp_hidden, cfg.latent_dim)
+    decoder_hidden = cfg.mlp_decoder_hidden or cfg.mlp_hidden[::-1]  # default: the encoder mirrored
+    return MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim), MLPDecoder(spec, decoder_hidden, cfg.latent_dim)
 
 
 @register("encoder", "conv")
