@@ -140,3 +140,19 @@ def test_mlp_decoder_mirrors_the_encoder_unless_given_its_own_widths():
     own = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder", "model.mlp_decoder_hidden=[48,96,128]").model)[1]
     assert [m.out_features for m in own.net if isinstance(m, torch.nn.Linear)] == [48, 96, 128, 784]
     assert own(torch.zeros(2, 16)).shape == (2, *GRAY.shape)
+
+
+def test_latent_noise_scales_with_each_dimension_and_only_in_training():
+    from latentbench.objectives import perturb_latent
+    torch.manual_seed(0)
+    z = torch.randn(20_000, 3) * torch.tensor([0.1, 1.0, 10.0])
+    noise = perturb_latent(z, 0.5) - z
+    assert torch.allclose(noise.std(0), 0.5 * z.std(0), rtol=0.03)
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", "objective.latent_noise=0.5"))
+    x, y = batch(GRAY)
+    obj.eval()
+    with torch.no_grad():
+        a, b = obj((x, y))[0], obj((x, y))[0]
+    assert torch.equal(a, b)  # evaluation is deterministic: no noise
+    obj.train()
+    assert not torch.equal(obj((x, y))[0], obj((x, y))[0])

@@ -68,6 +68,7 @@ class ObjectiveConfig:
     augment: str = "auto"  # view augmentation: auto | digits | color | none
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
+    latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
 
 
 @dataclass
@@ -176,7 +177,7 @@ POSITIVE = {
     "eval.probe_lr",
 }
 NON_NEGATIVE = {
-    "train.weight_decay", "objective.noise_std", "objective.recon_weight", "train.max_steps",
+    "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight", "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
     "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",

@@ -5,7 +5,8 @@ gets a scalar loss tensor and a dict of detached scalar tensors for logging. Eac
 validation statistic to select on (``monitor``) and whether lower or higher is better.
 
   * ``autoencoder``  - reconstruct ``x`` from ``encoder(x + noise)`` (denoising when ``noise_std > 0``);
-                       with ``recon_augment`` the training images are first augmented (target = the view).
+                       with ``recon_augment`` the training images are first augmented (target = the view);
+                       with ``latent_noise`` the decoder sees a noisy ``z`` in training.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
                        (denoising) reconstruction term through a decoder (the report's CIFAR model).
@@ -51,6 +52,11 @@ class Objective(nn.Module):
         return self.decoder(z, skips)
 
 
+def perturb_latent(z: torch.Tensor, scale: float) -> torch.Tensor:
+    """``z`` plus Gaussian noise whose std is ``scale`` times each dimension's (detached) batch std."""
+    return z + scale * z.detach().std(dim=0, keepdim=True) * torch.randn_like(z)
+
+
 def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
     diff = (x_hat.detach() - x).float()
     return {"mae": diff.abs().mean(), "mse": diff.pow(2).mean()}
@@ -59,21 +65,24 @@ def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
 @register("objective", "autoencoder")
 class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
-                 view: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
+        self.latent_noise = latent_noise
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
-        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg))
+        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
         if self.training and self.view is not None:
             x = self.view(x)  # the view is both input and target: more varied digits, same task
         z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
+        if self.training and self.latent_noise > 0:
+            z = perturb_latent(z, self.latent_noise)
         x_hat = self.decoder(z, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
         return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
