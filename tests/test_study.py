@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from latentbench import study
-from latentbench.config import ConfigError, load_config
+from latentbench.config import ConfigError, RunConfig, load_config
 from latentbench.io import atomic_write_json
 from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset,
                                plan_study, recipe_path, reproduce, run_state)
@@ -231,3 +231,12 @@ def test_train_subset_is_random_not_the_first_images_of_a_class_sorted_folder(tm
     splits = load_splits(cfg)
     assert len(splits.train) == 9 and set(splits.train.y.tolist()) == {0, 1, 2}
     assert torch.equal(load_splits(cfg).train.x, splits.train.x)  # the same subset every time
+
+
+def test_a_key_added_later_counts_as_its_default_in_an_older_run():
+    wanted = RunConfig().to_dict()
+    older = RunConfig().to_dict()
+    del older["objective"]["latent_noise"]  # a run saved before the option existed
+    assert config_differences(older, wanted) == []
+    wanted["objective"]["latent_noise"] = 0.3
+    assert config_differences(older, wanted) == ["objective.latent_noise: 0.0 -> 0.3"]

@@ -293,8 +293,14 @@ def run_state(run_dir: Path) -> str:
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Keys (other than :data:`NEUTRAL_KEYS`) whose values differ: ``key: saved -> wanted``."""
+    """Keys (other than :data:`NEUTRAL_KEYS`) whose values differ: ``key: saved -> wanted``.
+
+    A key that a run saved by an older latentbench lacks counts as its default value (the option did not
+    exist yet, so the run behaved as the default does).
+    """
+    defaults = flatten(RunConfig().to_dict())
     a, b = flatten(saved), flatten(wanted)
+    a = {**{k: defaults[k] for k in b if k not in a and k in defaults}, **a}
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
 
