@@ -156,3 +156,12 @@ def test_latent_noise_scales_with_each_dimension_and_only_in_training():
     assert torch.equal(a, b)  # evaluation is deterministic: no noise
     obj.train()
     assert not torch.equal(obj((x, y))[0], obj((x, y))[0])
+
+
+@pytest.mark.parametrize("activation,module", [("relu", torch.nn.ReLU), ("gelu", torch.nn.GELU),
+                                               ("silu", torch.nn.SiLU), ("leaky_relu", torch.nn.LeakyReLU)])
+def test_mlp_activation_is_used_between_every_hidden_layer(activation, module):
+    encoder, decoder = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder",
+                                                           f'model.mlp_activation="{activation}"').model)
+    for net, hidden_layers in ((encoder.net, 2), (decoder.net, 2)):
+        assert sum(isinstance(m, module) for m in net) == hidden_layers

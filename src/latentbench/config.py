@@ -48,6 +48,7 @@ class ModelConfig:
     latent_dim: int = 128  # the report's latent size
     mlp_hidden: list[int] = field(default_factory=lambda: [256, 128])  # report: 784-256-128-128
     mlp_decoder_hidden: list[int] = field(default_factory=list)  # decoder widths from z outwards; [] = mirror
+    mlp_activation: str = "relu"  # hidden activation of the MLP encoder/decoder: relu | gelu | silu | leaky_relu
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
@@ -163,6 +164,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.augment": ("auto", "digits", "color", "none"),
     "objective.supervised_augment": ("none", "crop_flip", "digits"),
     "objective.recon_augment": ("none", "crop_flip", "digits"),
+    "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.sync_batchnorm": ("auto", "on", "off"),

@@ -33,12 +33,16 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _mlp(sizes: list[int], last_activation: nn.Module | None = None) -> nn.Sequential:
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": nn.SiLU,
+               "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True)}
+
+
+def _mlp(sizes: list[int], last_activation: nn.Module | None = None, activation: str = "relu") -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(ACTIVATIONS[activation]())
     if last_activation is not None:
         layers.append(last_activation)
     return nn.Sequential(*layers)
@@ -54,11 +58,11 @@ class Encoder(nn.Module):
 
 
 class MLPEncoder(Encoder):
-    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int):
+    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int, activation: str = "relu"):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
-        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim])
+        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim], activation=activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x).flatten(1))
@@ -67,10 +71,10 @@ class MLPEncoder(Encoder):
 class MLPDecoder(nn.Module):
     """``hidden`` lists the widths from the latent outwards (the encoder's, reversed, for a mirror)."""
 
-    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int):
+    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int, activation: str = "relu"):
         super().__init__()
         self.shape = spec.shape
-        self.net = _mlp([latent_dim, *hidden, math.prod(spec.shape)], nn.Sigmoid())
+        self.net = _mlp([latent_dim, *hidden, math.prod(spec.shape)], nn.Sigmoid(), activation)
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self.net(z).view(-1, *self.shape)
@@ -179,7 +183,8 @@ class ProjectionHead(nn.Module):
 @register("encoder", "mlp")
 def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
     decoder_hidden = cfg.mlp_decoder_hidden or cfg.mlp_hidden[::-1]  # default: the encoder mirrored
-    return MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim), MLPDecoder(spec, decoder_hidden, cfg.latent_dim)
+    return (MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim, cfg.mlp_activation),
+            MLPDecoder(spec, decoder_hidden, cfg.latent_dim, cfg.mlp_activation))
 
 
 @register("encoder", "conv")
