@@ -10,7 +10,7 @@ Kinds:
     probability, random grayscale (Chen et al. 2020, appendix A).
   * ``digits``: crop/scale, small rotation and translation; no flips or colour (a flipped 2 is no 2).
     Optionally, with probability, a thicker or thinner stroke (3x3 grey dilation or erosion) and
-    random erasing of a rectangle (Zhong et al. 2020), both off by default.
+    random erasing of a square (Zhong et al. 2020), both off by default.
   * ``crop_flip``: supervised CIFAR augmentation: shift by up to 4 pixels (zero padding) and flip.
   * ``none``: identity.
 
@@ -96,8 +96,6 @@ def sample_stroke_params(n: int, p: float, device="cpu") -> dict[str, torch.Tens
 
 def apply_stroke(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Grey-level dilation (3x3 max) or erosion (3x3 min) per image, chosen by the masks in ``p``."""
-    if not bool((p["dilate"] | p["erode"]).any()):
-        return x
     dilated = F.max_pool2d(x, 3, stride=1, padding=1)
     eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
     view = (-1, 1, 1, 1)
@@ -116,8 +114,6 @@ def sample_erase_params(n: int, p: float, scale: tuple[float, float], device="cp
 
 def apply_erase(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Zero the sampled square of every image whose ``erase`` flag is set (box clipped to the image)."""
-    if not bool(p["erase"].any()):
-        return x
     h, w = x.shape[-2:]
     rows = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
     cols = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
