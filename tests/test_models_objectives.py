@@ -165,3 +165,11 @@ def test_mlp_activation_is_used_between_every_hidden_layer(activation, module):
                                                            f'model.mlp_activation="{activation}"').model)
     for net, hidden_layers in ((encoder.net, 2), (decoder.net, 2)):
         assert sum(isinstance(m, module) for m in net) == hidden_layers
+
+
+def test_mlp_encoder_batchnorm_follows_every_hidden_layer():
+    encoder, decoder = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder", "model.mlp_batchnorm=true").model)
+    kinds = [type(m).__name__ for m in encoder.net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in decoder.net)
+    assert encoder(torch.rand(4, *GRAY.shape)).shape == (4, 16)

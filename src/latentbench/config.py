@@ -49,6 +49,7 @@ class ModelConfig:
     mlp_hidden: list[int] = field(default_factory=lambda: [256, 128])  # report: 784-256-128-128
     mlp_decoder_hidden: list[int] = field(default_factory=list)  # decoder widths from z outwards; [] = mirror
     mlp_activation: str = "relu"  # hidden activation of the MLP encoder/decoder: relu | gelu | silu | leaky_relu
+    mlp_batchnorm: bool = False  # BatchNorm1d after each hidden layer of the MLP encoder (not the decoder)
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10

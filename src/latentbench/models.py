@@ -37,11 +37,15 @@ ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": n
                "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True)}
 
 
-def _mlp(sizes: list[int], last_activation: nn.Module | None = None, activation: str = "relu") -> nn.Sequential:
+def _mlp(sizes: list[int], last_activation: nn.Module | None = None, activation: str = "relu",
+         batchnorm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
+        hidden = i < len(sizes) - 2
+        layers.append(nn.Linear(a, b, bias=not (hidden and batchnorm)))
+        if hidden:
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(b))
             layers.append(ACTIVATIONS[activation]())
     if last_activation is not None:
         layers.append(last_activation)
@@ -58,11 +62,13 @@ class Encoder(nn.Module):
 
 
 class MLPEncoder(Encoder):
-    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int, activation: str = "relu"):
+    def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int, activation: str = "relu",
+                 batchnorm: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
-        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim], activation=activation)
+        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim], activation=activation,
+                        batchnorm=batchnorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x).flatten(1))
@@ -183,7 +189,7 @@ class ProjectionHead(nn.Module):
 @register("encoder", "mlp")
 def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
     decoder_hidden = cfg.mlp_decoder_hidden or cfg.mlp_hidden[::-1]  # default: the encoder mirrored
-    return (MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim, cfg.mlp_activation),
+    return (MLPEncoder(spec, cfg.mlp_hidden, cfg.latent_dim, cfg.mlp_activation, cfg.mlp_batchnorm),
             MLPDecoder(spec, decoder_hidden, cfg.latent_dim, cfg.mlp_activation))
 
 
