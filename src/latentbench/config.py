@@ -160,11 +160,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+TRAINING_AUGMENTS = ("none", "crop_flip", "digits")  # augmentations of a training input (not contrastive views)
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_loss": ("l1", "mse", "l1+mse", "bce"),
     "objective.augment": ("auto", "digits", "color", "none"),
-    "objective.supervised_augment": ("none", "crop_flip", "digits"),
-    "objective.recon_augment": ("none", "crop_flip", "digits"),
+    "objective.supervised_augment": TRAINING_AUGMENTS,
+    "objective.recon_augment": TRAINING_AUGMENTS,
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
