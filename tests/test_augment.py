@@ -288,3 +288,28 @@ def test_digit_views_use_stroke_and_erase_when_enabled():
     cfg.erase_p, cfg.stroke_p = 0.0, 1.0
     stroked = augment(x, "digits", cfg)
     assert not torch.allclose(stroked, x) and float(stroked.min()) >= 0 and float(stroked.max()) <= 1
+
+
+def test_mask_pixels_zeroes_a_fraction_p_of_pixels_with_one_mask_across_channels():
+    from latentbench.augment import mask_pixels
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32) * 0.9 + 0.1  # no zero pixels before masking
+    masked = mask_pixels(x, 0.25)
+    zero = masked == 0
+    assert abs(zero.float().mean().item() - 0.25) < 0.01
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])  # whole pixels
+    assert torch.equal(masked[~zero], x[~zero])  # kept pixels are untouched
+    assert mask_pixels(x, 0.0) is x
+
+
+def test_corrupt_masks_then_adds_noise_and_only_in_training():
+    from latentbench.augment import corrupt
+    x = torch.full((4, 1, 28, 28), 0.5)
+    assert corrupt(x, 0.0, 0.0) is x
+    torch.manual_seed(0)
+    out = corrupt(x, 0.0, 1.0)
+    assert torch.count_nonzero(out) == 0  # p = 1 masks every pixel
+    torch.manual_seed(0)
+    noisy = corrupt(x, 0.1, 0.5)
+    assert 0.4 < (noisy < 0.2).float().mean().item() < 0.6  # about half masked (noise of 0.1 rarely lifts a 0 past 0.2)
+    assert noisy.min() >= 0 and noisy.max() <= 1

@@ -108,3 +108,7 @@ def test_batch_larger_than_the_dataset(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "train.batch_size = 500 is larger than the 90 training images; lower it" in err
     assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_mask_p_must_be_a_probability():
+    assert "objective.mask_p must lie in [0, 1], got 1.5" in error_of(["objective.mask_p=1.5"])

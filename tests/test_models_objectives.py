@@ -173,3 +173,14 @@ def test_mlp_encoder_batchnorm_follows_every_hidden_layer():
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in decoder.net)
     assert encoder(torch.rand(4, *GRAY.shape)).shape == (4, 16)
+
+
+def test_masking_noise_changes_training_input_only():
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", "objective.mask_p=0.5"))
+    assert obj.mask_p == 0.5
+    x, y = batch(GRAY)
+    obj.eval()
+    with torch.no_grad():
+        assert torch.equal(obj((x, y))[0], obj((x, y))[0])  # evaluation reconstructs the clean input
+    obj.train()
+    assert not torch.equal(obj((x, y))[0], obj((x, y))[0])

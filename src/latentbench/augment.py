@@ -247,6 +247,22 @@ def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:
     return (x + std * torch.randn_like(x)).clamp_(0, 1)
 
 
+def mask_pixels(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Masking noise (Vincent et al. 2008): every pixel set to 0 independently with probability ``p``.
+
+    The same mask for all channels of a pixel.
+    """
+    if p <= 0:
+        return x
+    keep = torch.rand(x.shape[0], 1, *x.shape[2:], device=x.device) >= p
+    return x * keep
+
+
+def corrupt(x: torch.Tensor, noise_std: float, mask_p: float) -> torch.Tensor:
+    """The denoising input: masking noise, then Gaussian noise (either may be off)."""
+    return add_noise(mask_pixels(x, mask_p), noise_std)
+
+
 def view_kind(requested: str, channels: int) -> str:
     """``auto`` picks SimCLR's colour pipeline for RGB images and the digit pipeline for grayscale."""
     if requested != "auto":

@@ -62,6 +62,7 @@ class ObjectiveConfig:
     name: str = "autoencoder"  # autoencoder | supervised | contrastive
     recon_loss: str = "l1"  # l1 | mse | l1+mse | bce; L1 is what the report's MAE measures
     noise_std: float = 0.0  # Gaussian input noise (pixels in [0,1]); > 0 makes it denoising
+    mask_p: float = 0.0  # masking noise: probability of zeroing each input pixel in training (denoising)
     label_smoothing: float = 0.0  # supervised cross-entropy
     temperature: float = 0.5  # NT-Xent temperature (SimCLR's CIFAR value)
     proj_hidden: int = 512  # projection head hidden width
@@ -189,7 +190,7 @@ NON_NEGATIVE = {
 }
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
-    "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p",
+    "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
 }
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from latentbench.augment import add_noise, augment, view_kind
+from latentbench.augment import augment, corrupt, view_kind
 from latentbench.config import RunConfig
 from latentbench.data import DatasetSpec
 from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
@@ -65,22 +65,24 @@ def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
 @register("objective", "autoencoder")
 class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
-                 view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0):
+                 view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
+                 mask_p: float = 0.0):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
-        self.latent_noise = latent_noise
+        self.latent_noise, self.mask_p = latent_noise, mask_p
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
-        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise)
+        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
+                   o.mask_p)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
         if self.training and self.view is not None:
             x = self.view(x)  # the view is both input and target: more varied digits, same task
-        z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
+        z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
         if self.training and self.latent_noise > 0:
             z = perturb_latent(z, self.latent_noise)
         x_hat = self.decoder(z, skips)
@@ -120,11 +122,12 @@ class ContrastiveObjective(Objective):
 
     def __init__(self, encoder: Encoder, projector: nn.Module, view: Callable[[torch.Tensor], torch.Tensor],
                  temperature: float = 0.5, decoder: nn.Module | None = None, recon_weight: float = 0.0,
-                 noise_std: float = 0.0, recon_loss: str = "l1"):
+                 noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0):
         super().__init__(encoder)
         self.projector, self.view, self.temperature = projector, view, temperature
         self.decoder = decoder if recon_weight > 0 else None
         self.recon_weight, self.noise_std, self.recon_loss = recon_weight, noise_std, recon_loss
+        self.mask_p = mask_p
         self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.rank = 0
 
@@ -133,7 +136,8 @@ class ContrastiveObjective(Objective):
         o = cfg.objective
         view = _view_fn(view_kind(o.augment, spec.channels), cfg) or (lambda x: x)
         projector = ProjectionHead(cfg.model.latent_dim, o.proj_hidden, o.proj_dim)
-        return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std, o.recon_loss)
+        return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std, o.recon_loss,
+                   o.mask_p)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -146,7 +150,7 @@ class ContrastiveObjective(Objective):
         stats: Stats = {"nt_xent": contrastive.detach()}
         loss = contrastive
         if self.decoder is not None:
-            z, skips = self.encoder.features(add_noise(x, self.noise_std) if self.training else x)
+            z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
             x_hat = self.decoder(z, skips)
             recon = reconstruction_loss(x_hat, x, self.recon_loss)
             loss = loss + self.recon_weight * recon
