@@ -184,3 +184,21 @@ def test_masking_noise_changes_training_input_only():
         assert torch.equal(obj((x, y))[0], obj((x, y))[0])  # evaluation reconstructs the clean input
     obj.train()
     assert not torch.equal(obj((x, y))[0], obj((x, y))[0])
+
+
+def test_input_augmented_autoencoder_reconstructs_the_clean_image_from_its_view():
+    """With input_augment the encoder sees the view and the target stays x; eval sees clean x."""
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+                                        'objective.recon_loss="l1"'))
+    x, y = batch(GRAY)
+    seen = []
+    obj.input_view = lambda images: seen.append(images) or torch.flip(images, dims=[-1])
+    obj.train()
+    loss, _ = obj((x, y))
+    with torch.no_grad():
+        x_hat = obj.decoder(obj.encoder(torch.flip(x, dims=[-1])))
+    assert len(seen) == 1 and torch.allclose(loss, (x_hat - x).abs().mean(), atol=1e-6)
+    obj.eval()
+    with torch.no_grad():
+        obj((x, y))
+    assert len(seen) == 1  # no augmentation at evaluation

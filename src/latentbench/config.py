@@ -71,6 +71,7 @@ class ObjectiveConfig:
     augment: str = "auto"  # view augmentation: auto | digits | color | none
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
+    input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
 
 
@@ -167,6 +168,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.augment": ("auto", "digits", "color", "none"),
     "objective.supervised_augment": TRAINING_AUGMENTS,
     "objective.recon_augment": TRAINING_AUGMENTS,
+    "objective.input_augment": TRAINING_AUGMENTS,
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),

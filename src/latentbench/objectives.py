@@ -6,6 +6,8 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
 
   * ``autoencoder``  - reconstruct ``x`` from ``encoder(x + noise)`` (denoising when ``noise_std > 0``);
                        with ``recon_augment`` the training images are first augmented (target = the view);
+                       with ``input_augment`` the encoder sees an augmented view and the target stays the
+                       image (denoising with geometric corruption);
                        with ``latent_noise`` the decoder sees a noisy ``z`` in training.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
@@ -66,28 +68,34 @@ def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
 class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
-                 mask_p: float = 0.0):
+                 mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
-        self.latent_noise, self.mask_p = latent_noise, mask_p
+        self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
-                   o.mask_p)
+                   o.mask_p, _view_fn(o.input_augment, cfg))
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
         if self.training and self.view is not None:
             x = self.view(x)  # the view is both input and target: more varied digits, same task
-        z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
+        z, skips = self.encoder.features(self.corrupted(x) if self.training else x)
         if self.training and self.latent_noise > 0:
             z = perturb_latent(z, self.latent_noise)
         x_hat = self.decoder(z, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
         return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
+
+    def corrupted(self, x: torch.Tensor) -> torch.Tensor:
+        """The training input: an augmented view (``input_augment``), then masking and Gaussian noise."""
+        if self.input_view is not None:
+            x = self.input_view(x)
+        return corrupt(x, self.noise_std, self.mask_p)
 
 
 @register("objective", "supervised")
