@@ -222,3 +222,24 @@ def test_clean_decoder_term_trains_the_decoder_only():
     obj.eval()
     with torch.no_grad():
         assert "clean_recon" not in obj((x, y))[1]  # evaluation: the plain clean reconstruction
+
+
+def test_mix_rows_takes_each_row_from_a_with_probability_p():
+    from latentbench.objectives import mix_rows
+    torch.manual_seed(0)
+    a, b = torch.ones(10_000, 1, 2, 2), torch.zeros(10_000, 1, 2, 2)
+    mixed = mix_rows(a, b, 0.3)
+    per_row = mixed.flatten(1)
+    assert torch.all((per_row == per_row[:, :1]).all(1))  # whole rows, never a blend
+    assert abs(per_row[:, 0].mean().item() - 0.3) < 0.02
+    assert torch.equal(mix_rows(a, b, 0.0), b) and torch.equal(mix_rows(a, b, 1.0), a)
+
+
+def test_input_augment_p_views_only_part_of_the_batch():
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+                                        "objective.input_augment_p=0.5"))
+    x = torch.rand(400, *GRAY.shape)
+    obj.input_view = lambda images: images + 10  # a view that marks every row it touched
+    torch.manual_seed(0)
+    viewed = (obj.corrupted(x) > 5).flatten(1).all(1).float().mean().item()
+    assert 0.4 < viewed < 0.6

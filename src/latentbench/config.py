@@ -72,6 +72,7 @@ class ObjectiveConfig:
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
     input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
+    input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
     clean_decoder_weight: float = 0.0  # autoencoder: + weight x loss of decoding the clean (detached) code
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
 
@@ -194,6 +195,7 @@ NON_NEGATIVE = {
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
     "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
+    "objective.input_augment_p",
 }
 
 

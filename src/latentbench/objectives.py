@@ -64,23 +64,29 @@ def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
     return {"mae": diff.abs().mean(), "mse": diff.pow(2).mean()}
 
 
+def mix_rows(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+    """Row ``i`` of ``a`` with probability ``p``, else row ``i`` of ``b`` (drawn independently per row)."""
+    pick = torch.rand(a.shape[0], device=a.device) < p
+    return torch.where(pick.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
 @register("objective", "autoencoder")
 class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 clean_decoder_weight: float = 0.0):
+                 clean_decoder_weight: float = 0.0, input_augment_p: float = 1.0):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
-        self.clean_decoder_weight = clean_decoder_weight
+        self.clean_decoder_weight, self.input_augment_p = clean_decoder_weight, input_augment_p
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
-                   o.mask_p, _view_fn(o.input_augment, cfg), o.clean_decoder_weight)
+                   o.mask_p, _view_fn(o.input_augment, cfg), o.clean_decoder_weight, o.input_augment_p)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -109,9 +115,11 @@ class AutoencoderObjective(Objective):
         return reconstruction_loss(self.decoder(z, skips), x, self.recon_loss)
 
     def corrupted(self, x: torch.Tensor) -> torch.Tensor:
-        """The training input: an augmented view (``input_augment``), then masking and Gaussian noise."""
+        """The training input: an augmented view (``input_augment``, for a fraction ``input_augment_p`` of the
+        images), then masking and Gaussian noise."""
         if self.input_view is not None:
-            x = self.input_view(x)
+            x = self.input_view(x) if self.input_augment_p >= 1 else mix_rows(self.input_view(x), x,
+                                                                               self.input_augment_p)
         return corrupt(x, self.noise_std, self.mask_p)
 
 
