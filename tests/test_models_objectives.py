@@ -204,26 +204,6 @@ def test_input_augmented_autoencoder_reconstructs_the_clean_image_from_its_view(
     assert len(seen) == 1  # no augmentation at evaluation
 
 
-def test_clean_decoder_term_trains_the_decoder_only():
-    """The clean-code term adds weight x recon(decoder(encoder(x))) and sends no gradient into the encoder."""
-    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", "objective.mask_p=0.5",
-                                        "objective.clean_decoder_weight=0.5", 'objective.recon_loss="l1"'))
-    x, y = batch(GRAY)
-    obj.train()
-    torch.manual_seed(0)
-    loss, stats = obj((x, y))
-    with torch.no_grad():
-        clean = (obj.decoder(obj.encoder(x)) - x).abs().mean()
-    assert torch.allclose(stats["clean_recon"], clean, atol=1e-6)
-    obj.zero_grad()
-    obj.clean_decoder_loss(x).backward()
-    assert all(p.grad is None for p in obj.encoder.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.decoder.parameters())
-    obj.eval()
-    with torch.no_grad():
-        assert "clean_recon" not in obj((x, y))[1]  # evaluation: the plain clean reconstruction
-
-
 def test_mix_rows_takes_each_row_from_a_with_probability_p():
     from latentbench.objectives import mix_rows
     torch.manual_seed(0)

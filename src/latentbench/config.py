@@ -73,7 +73,6 @@ class ObjectiveConfig:
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
     input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
-    clean_decoder_weight: float = 0.0  # autoencoder: + weight x loss of decoding the clean (detached) code
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
 
 
@@ -186,7 +185,7 @@ POSITIVE = {
     "eval.probe_lr",
 }
 NON_NEGATIVE = {
-    "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.clean_decoder_weight", "objective.recon_weight", "train.max_steps",
+    "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight", "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
     "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",

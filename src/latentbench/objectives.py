@@ -75,18 +75,18 @@ class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 clean_decoder_weight: float = 0.0, input_augment_p: float = 1.0):
+                 input_augment_p: float = 1.0):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
-        self.clean_decoder_weight, self.input_augment_p = clean_decoder_weight, input_augment_p
+        self.input_augment_p = input_augment_p
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
-                   o.mask_p, _view_fn(o.input_augment, cfg), o.clean_decoder_weight, o.input_augment_p)
+                   o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -97,22 +97,7 @@ class AutoencoderObjective(Objective):
             z = perturb_latent(z, self.latent_noise)
         x_hat = self.decoder(z, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
-        stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
-        if self.training and self.clean_decoder_weight > 0:
-            clean = self.clean_decoder_loss(x)
-            loss = loss + self.clean_decoder_weight * clean
-            stats.update({"loss": loss.detach(), "clean_recon": clean.detach()})
-        return loss, stats
-
-    def clean_decoder_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of ``x`` from its clean code, trained into the decoder only (the code is detached).
-
-        The encoder keeps learning from the corrupted input alone; the decoder also learns the clean codes
-        it is evaluated on, which otherwise it never sees when the input is always corrupted.
-        """
-        with torch.no_grad():
-            z, skips = self.encoder.features(x)
-        return reconstruction_loss(self.decoder(z, skips), x, self.recon_loss)
+        return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
 
     def corrupted(self, x: torch.Tensor) -> torch.Tensor:
         """The training input: an augmented view (``input_augment``, for a fraction ``input_augment_p`` of the
