@@ -223,3 +223,15 @@ def test_input_augment_p_views_only_part_of_the_batch():
     torch.manual_seed(0)
     viewed = (obj.corrupted(x) > 5).flatten(1).all(1).float().mean().item()
     assert 0.4 < viewed < 0.6
+
+
+def test_input_view_stops_after_input_augment_until_of_the_epochs():
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+                                        "objective.input_augment_until=0.6"))
+    x = torch.rand(8, *GRAY.shape)
+    obj.input_view = lambda images: images + 10
+    used = []
+    for epoch in range(10):
+        obj.start_epoch(epoch, 10)
+        used.append(bool((obj.corrupted(x) > 5).all()))
+    assert used == [True] * 6 + [False] * 4

@@ -131,3 +131,13 @@ def test_steps_csv_logs_the_training_loss_every_log_every_steps(tiny):
     steps_per_epoch = read_history(run / "history.csv")[0]["step"]
     assert [r["step"] for r in rows] == list(range(2, 2 * int(steps_per_epoch) + 1, 2))
     assert all(r["loss"] > 0 and r["lr"] > 0 for r in rows)
+
+
+def test_training_loop_tells_the_objective_each_epoch_including_after_resume(tiny, monkeypatch):
+    from latentbench.objectives import AutoencoderObjective
+    seen = []
+    monkeypatch.setattr(AutoencoderObjective, "start_epoch", lambda self, epoch, epochs: seen.append((epoch, epochs)))
+    run = train(tiny("autoencoder", extra=["train.epochs=2", "train.patience=0"]))
+    assert seen == [(0, 2), (1, 2)]
+    train(tiny("autoencoder", extra=["train.epochs=3", "train.patience=0"]), run, resume=True)
+    assert seen == [(0, 2), (1, 2), (2, 3)]  # the resumed run continues at epoch index 2 of 3

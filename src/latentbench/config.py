@@ -73,6 +73,7 @@ class ObjectiveConfig:
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
     input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
+    input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
 
 
@@ -194,7 +195,7 @@ NON_NEGATIVE = {
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
     "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
-    "objective.input_augment_p",
+    "objective.input_augment_p", "objective.input_augment_until",
 }
 
 

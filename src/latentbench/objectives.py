@@ -46,6 +46,10 @@ class Objective(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch (``epoch`` counts from 0 of ``epochs``); a hook for
+        objectives whose training changes over the run. Nothing by default."""
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decode ``x``'s code (only for objectives with a decoder)."""
         if self.decoder is None:
@@ -75,18 +79,19 @@ class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 input_augment_p: float = 1.0):
+                 input_augment_p: float = 1.0, input_augment_until: float = 1.0):
         super().__init__(encoder)
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
-        self.input_augment_p = input_augment_p
+        self.input_augment_p, self.input_augment_until = input_augment_p, input_augment_until
+        self.input_view_on = input_view is not None
         self.monitor = "mae"
 
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
-                   o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p)
+                   o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p, o.input_augment_until)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -99,10 +104,14 @@ class AutoencoderObjective(Objective):
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
         return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """The input view is used for the first ``input_augment_until`` of the epochs, then clean inputs."""
+        self.input_view_on = self.input_view is not None and epoch < self.input_augment_until * epochs
+
     def corrupted(self, x: torch.Tensor) -> torch.Tensor:
         """The training input: an augmented view (``input_augment``, for a fraction ``input_augment_p`` of the
         images), then masking and Gaussian noise."""
-        if self.input_view is not None:
+        if self.input_view is not None and self.input_view_on:
             x = self.input_view(x) if self.input_augment_p >= 1 else mix_rows(self.input_view(x), x,
                                                                                self.input_augment_p)
         return corrupt(x, self.noise_std, self.mask_p)

@@ -481,6 +481,7 @@ class Trainer:
     def train_epoch(self, progress) -> dict[str, float]:
         """One epoch from ``batch_in_epoch`` on; a Ctrl-C takes effect between steps (see :meth:`fit`)."""
         self.step_module.train()
+        self.objective.start_epoch(self.epoch, self.cfg.train.epochs)
         sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
         self._sums = sums  # a Ctrl-C before the first step keeps the restored partial sums
         self.loader.set_epoch(self.epoch, self.batch_in_epoch)
