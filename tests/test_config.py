@@ -112,3 +112,8 @@ def test_batch_larger_than_the_dataset(tmp_path, capsys):
 
 def test_mask_p_must_be_a_probability():
     assert "objective.mask_p must lie in [0, 1], got 1.5" in error_of(["objective.mask_p=1.5"])
+
+
+def test_input_augment_accepts_the_colour_views_but_supervised_augment_does_not():
+    assert load_config(None, ['objective.input_augment="color"']).objective.input_augment == "color"
+    assert "objective.supervised_augment = 'color' is not one of" in error_of(['objective.supervised_augment="color"'])
