@@ -116,24 +116,6 @@ def test_unknown_names_list_the_choices():
         build_encoder_decoder(GRAY, cfg_for("resnet", "autoencoder").model)
 
 
-def test_augmented_autoencoder_reconstructs_its_view_in_training_only():
-    """With recon_augment the target is the augmented view (not the clean image); eval sees clean x."""
-    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.recon_augment="digits"',
-                                        'objective.recon_loss="l1"'))
-    x, y = batch(GRAY)
-    seen = []
-    obj.view = lambda images: seen.append(images) or torch.flip(images, dims=[-1])
-    obj.train()
-    loss, _ = obj((x, y))
-    with torch.no_grad():
-        x_hat = obj.decoder(obj.encoder(torch.flip(x, dims=[-1])))
-    assert len(seen) == 1 and torch.allclose(loss, (x_hat - torch.flip(x, dims=[-1])).abs().mean(), atol=1e-6)
-    obj.eval()
-    with torch.no_grad():
-        obj((x, y))
-    assert len(seen) == 1  # no augmentation at evaluation
-
-
 def test_mlp_decoder_mirrors_the_encoder_unless_given_its_own_widths():
     mirrored = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder").model)[1]
     assert [m.out_features for m in mirrored.net if isinstance(m, torch.nn.Linear)] == [32, 64, 784]
@@ -186,18 +168,22 @@ def test_masking_noise_changes_training_input_only():
     assert not torch.equal(obj((x, y))[0], obj((x, y))[0])
 
 
-def test_input_augmented_autoencoder_reconstructs_the_clean_image_from_its_view():
-    """With input_augment the encoder sees the view and the target stays x; eval sees clean x."""
-    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+@pytest.mark.parametrize("option,attribute,target_is_view", [("recon_augment", "view", True),
+                                                            ("input_augment", "input_view", False)])
+def test_autoencoder_views_in_training_only(option, attribute, target_is_view):
+    """recon_augment: the view is input and target; input_augment: the encoder sees the view, the target stays
+    the clean image. Evaluation sees clean x either way."""
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", f'objective.{option}="digits"',
                                         'objective.recon_loss="l1"'))
     x, y = batch(GRAY)
     seen = []
-    obj.input_view = lambda images: seen.append(images) or torch.flip(images, dims=[-1])
+    setattr(obj, attribute, lambda images: seen.append(images) or torch.flip(images, dims=[-1]))
     obj.train()
     loss, _ = obj((x, y))
     with torch.no_grad():
         x_hat = obj.decoder(obj.encoder(torch.flip(x, dims=[-1])))
-    assert len(seen) == 1 and torch.allclose(loss, (x_hat - x).abs().mean(), atol=1e-6)
+    target = torch.flip(x, dims=[-1]) if target_is_view else x
+    assert len(seen) == 1 and torch.allclose(loss, (x_hat - target).abs().mean(), atol=1e-6)
     obj.eval()
     with torch.no_grad():
         obj((x, y))
