@@ -111,9 +111,8 @@ class AutoencoderObjective(Objective):
     def corrupted(self, x: torch.Tensor) -> torch.Tensor:
         """The training input: an augmented view (``input_augment``, for a fraction ``input_augment_p`` of the
         images), then masking and Gaussian noise."""
-        if self.input_view is not None and self.input_view_on:
-            x = self.input_view(x) if self.input_augment_p >= 1 else mix_rows(self.input_view(x), x,
-                                                                               self.input_augment_p)
+        if self.input_view_on:
+            x = mix_rows(self.input_view(x), x, self.input_augment_p)
         return corrupt(x, self.noise_std, self.mask_p)
 
 
