@@ -116,4 +116,5 @@ def test_mask_p_must_be_a_probability():
 
 def test_input_augment_accepts_the_colour_views_but_supervised_augment_does_not():
     assert load_config(None, ['objective.input_augment="color"']).objective.input_augment == "color"
-    assert "objective.supervised_augment = 'color' is not one of" in error_of(['objective.supervised_augment="color"'])
+    message = error_of(['objective.supervised_augment="color"'])
+    assert "objective.supervised_augment = 'color' is not one of" in message

@@ -119,7 +119,8 @@ def test_unknown_names_list_the_choices():
 def test_mlp_decoder_mirrors_the_encoder_unless_given_its_own_widths():
     mirrored = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder").model)[1]
     assert [m.out_features for m in mirrored.net if isinstance(m, torch.nn.Linear)] == [32, 64, 784]
-    own = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder", "model.mlp_decoder_hidden=[48,96,128]").model)[1]
+    cfg = cfg_for("mlp", "autoencoder", "model.mlp_decoder_hidden=[48,96,128]")
+    own = build_encoder_decoder(GRAY, cfg.model)[1]
     assert [m.out_features for m in own.net if isinstance(m, torch.nn.Linear)] == [48, 96, 128, 784]
     assert own(torch.zeros(2, 16)).shape == (2, *GRAY.shape)
 
@@ -150,7 +151,8 @@ def test_mlp_activation_is_used_between_every_hidden_layer(activation, module):
 
 
 def test_mlp_encoder_batchnorm_follows_every_hidden_layer():
-    encoder, decoder = build_encoder_decoder(GRAY, cfg_for("mlp", "autoencoder", "model.mlp_batchnorm=true").model)
+    cfg = cfg_for("mlp", "autoencoder", "model.mlp_batchnorm=true")
+    encoder, decoder = build_encoder_decoder(GRAY, cfg.model)
     kinds = [type(m).__name__ for m in encoder.net]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in decoder.net)

@@ -136,7 +136,8 @@ def test_steps_csv_logs_the_training_loss_every_log_every_steps(tiny):
 def test_training_loop_tells_the_objective_each_epoch_including_after_resume(tiny, monkeypatch):
     from latentbench.objectives import AutoencoderObjective
     seen = []
-    monkeypatch.setattr(AutoencoderObjective, "start_epoch", lambda self, epoch, epochs: seen.append((epoch, epochs)))
+    monkeypatch.setattr(AutoencoderObjective, "start_epoch",
+                        lambda self, epoch, epochs: seen.append((epoch, epochs)))
     run = train(tiny("autoencoder", extra=["train.epochs=2", "train.patience=0"]))
     assert seen == [(0, 2), (1, 2)]
     train(tiny("autoencoder", extra=["train.epochs=3", "train.patience=0"]), run, resume=True)

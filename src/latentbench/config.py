@@ -48,7 +48,7 @@ class ModelConfig:
     latent_dim: int = 128  # the report's latent size
     mlp_hidden: list[int] = field(default_factory=lambda: [256, 128])  # report: 784-256-128-128
     mlp_decoder_hidden: list[int] = field(default_factory=list)  # decoder widths from z outwards; [] = mirror
-    mlp_activation: str = "relu"  # hidden activation of the MLP encoder/decoder: relu | gelu | silu | leaky_relu
+    mlp_activation: str = "relu"  # MLP encoder/decoder hidden activation: relu | gelu | silu | leaky_relu
     mlp_batchnorm: bool = False  # BatchNorm1d after each hidden layer of the MLP encoder (not the decoder)
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
@@ -74,7 +74,7 @@ class ObjectiveConfig:
     input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
     input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
-    latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in units of each dim's batch std
+    latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
 
 
 @dataclass
@@ -164,7 +164,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-TRAINING_AUGMENTS = ("none", "crop_flip", "digits")  # augmentations of a training input (not contrastive views)
+TRAINING_AUGMENTS = ("none", "crop_flip", "digits")  # training-input augmentations (not contrastive views)
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_loss": ("l1", "mse", "l1+mse", "bce"),
     "objective.augment": ("auto", "digits", "color", "none"),
@@ -186,7 +186,8 @@ POSITIVE = {
     "eval.probe_lr",
 }
 NON_NEGATIVE = {
-    "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight", "train.max_steps",
+    "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight",
+    "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
     "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",

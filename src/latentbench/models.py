@@ -67,8 +67,8 @@ class MLPEncoder(Encoder):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
-        self.net = _mlp([spec.channels * spec.height * spec.width, *hidden, latent_dim], activation=activation,
-                        batchnorm=batchnorm)
+        sizes = [spec.channels * spec.height * spec.width, *hidden, latent_dim]
+        self.net = _mlp(sizes, activation=activation, batchnorm=batchnorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x).flatten(1))

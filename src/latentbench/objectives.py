@@ -90,8 +90,9 @@ class AutoencoderObjective(Objective):
     @classmethod
     def build(cls, encoder: Encoder, decoder: nn.Module, spec: DatasetSpec, cfg: RunConfig) -> "Objective":
         o = cfg.objective
-        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg), o.latent_noise,
-                   o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p, o.input_augment_until)
+        return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg),
+                   o.latent_noise, o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p,
+                   o.input_augment_until)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -162,8 +163,8 @@ class ContrastiveObjective(Objective):
         o = cfg.objective
         view = _view_fn(view_kind(o.augment, spec.channels), cfg) or (lambda x: x)
         projector = ProjectionHead(cfg.model.latent_dim, o.proj_hidden, o.proj_dim)
-        return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std, o.recon_loss,
-                   o.mask_p)
+        return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std,
+                   o.recon_loss, o.mask_p)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch

@@ -300,7 +300,7 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     """
     defaults = flatten(RunConfig().to_dict())
     a, b = flatten(saved), flatten(wanted)
-    a = {**{k: defaults[k] for k in b if k not in a and k in defaults}, **a}
+    a.update({k: defaults[k] for k in b.keys() - a.keys() if k in defaults})
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NEUTRAL_KEYS and a.get(k) != b.get(k)]
 
