@@ -118,3 +118,11 @@ def test_input_augment_accepts_the_colour_views_but_supervised_augment_does_not(
     assert load_config(None, ['objective.input_augment="color"']).objective.input_augment == "color"
     message = error_of(['objective.supervised_augment="color"'])
     assert "objective.supervised_augment = 'color' is not one of" in message
+
+
+def test_invariance_weight_without_a_view_is_an_error_that_says_what_to_set():
+    from latentbench.config import ConfigError, from_dict
+    with pytest.raises(ConfigError, match="objective.input_augment"):
+        from_dict({"objective": {"invariance_weight": 1.0}})
+    cfg = from_dict({"objective": {"invariance_weight": 1.0, "input_augment": "digits", "input_augment_p": 0.0}})
+    assert cfg.objective.invariance_weight == 1.0

@@ -65,3 +65,24 @@ def test_classification_loss_reference():
     target = torch.full((5, 3), 0.1 / 3)
     target[torch.arange(5), y] += 0.9
     assert torch.isclose(smooth, -(target * torch.log_softmax(logits, 1)).sum(1).mean())
+
+
+def _invariance_reference(z_a, z_b):
+    """The definition written out: mean over pairs of the squared distance / total variance of all codes."""
+    codes = torch.cat([z_a, z_b]).double()
+    mean = codes.mean(0)
+    spread = sum(((c - mean) ** 2).sum() for c in codes) / len(codes)
+    return sum(((a.double() - b.double()) ** 2).sum() for a, b in zip(z_a, z_b)) / len(z_a) / spread
+
+
+def test_invariance_loss_matches_the_definition_and_ignores_scale():
+    from latentbench.losses import invariance_loss
+    torch.manual_seed(0)
+    z_a, z_b = torch.randn(32, 8), torch.randn(32, 8)
+    assert torch.allclose(invariance_loss(z_a, z_b).double(), _invariance_reference(z_a, z_b), rtol=1e-5)
+    assert torch.allclose(invariance_loss(10 * z_a, 10 * z_b), invariance_loss(z_a, z_b), rtol=1e-5)
+    assert invariance_loss(z_a, z_a).item() == 0.0
+    unrelated = invariance_loss(torch.randn(20_000, 8), torch.randn(20_000, 8)).item()
+    assert abs(unrelated - 2.0) < 0.05
+    close = invariance_loss(z_a, z_a + 0.1 * torch.randn_like(z_a)).item()
+    assert close < 0.05

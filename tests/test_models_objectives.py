@@ -209,7 +209,7 @@ def test_input_augment_p_views_only_part_of_the_batch():
     x = torch.rand(400, *GRAY.shape)
     obj.input_view = lambda images: images + 10  # a view that marks every row it touched
     torch.manual_seed(0)
-    viewed = (obj.corrupted(x) > 5).flatten(1).all(1).float().mean().item()
+    viewed = (obj.corrupted(x, obj.training_view(x)) > 5).flatten(1).all(1).float().mean().item()
     assert 0.4 < viewed < 0.6
 
 
@@ -221,5 +221,28 @@ def test_input_view_stops_after_input_augment_until_of_the_epochs():
     used = []
     for epoch in range(10):
         obj.start_epoch(epoch, 10)
-        used.append(bool((obj.corrupted(x) > 5).all()))
+        used.append(bool((obj.corrupted(x, obj.training_view(x)) > 5).all()))
     assert used == [True] * 6 + [False] * 4
+
+
+def test_invariance_weight_adds_the_pull_between_the_codes_of_image_and_view():
+    from latentbench.losses import invariance_loss, reconstruction_loss
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+                                        "objective.input_augment_p=0", "objective.invariance_weight=0.5",
+                                        'objective.recon_loss="bce"'))
+    x = torch.rand(16, *GRAY.shape)
+    x_view = torch.rand(16, *GRAY.shape)
+    obj.input_view = lambda images: x_view
+    obj.train()
+    loss, stats = obj((x, torch.zeros(16, dtype=torch.long)))
+    with torch.no_grad():
+        z = obj.encoder(x)  # input_augment_p = 0: the decoder reconstructs from the clean image's code
+        recon = reconstruction_loss(obj.decoder(z, []), x, "bce")
+        expected = recon + 0.5 * invariance_loss(obj.encoder(x_view), z)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(stats["invariance"], invariance_loss(obj.encoder(x_view), z).detach(), atol=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in obj.encoder.parameters())
+    obj.eval()
+    _, eval_stats = obj((x, torch.zeros(16, dtype=torch.long)))
+    assert "invariance" not in eval_stats  # validation measures reconstruction only

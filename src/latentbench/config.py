@@ -75,6 +75,7 @@ class ObjectiveConfig:
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
     input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
+    invariance_weight: float = 0.0  # autoencoder: pull between the codes of x and of its input_augment view
 
 
 @dataclass
@@ -187,6 +188,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight",
+    "objective.invariance_weight",
     "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
@@ -284,6 +286,10 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, got {lo_hi}")
     if any(w <= 0 for w in cfg.model.mlp_hidden + cfg.model.mlp_decoder_hidden + cfg.model.conv_widths):
         raise ConfigError("model.mlp_hidden, model.mlp_decoder_hidden and model.conv_widths must hold positive widths")
+    if cfg.objective.invariance_weight > 0 and cfg.objective.input_augment == "none":
+        raise ConfigError("objective.invariance_weight > 0 needs a view to compare with: set "
+                          "objective.input_augment (e.g. \"digits\"), and objective.input_augment_p = 0 to "
+                          "reconstruct from clean images only")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
 

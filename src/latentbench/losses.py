@@ -4,6 +4,7 @@
 * :func:`classification_loss` - cross-entropy with optional label smoothing.
 * :func:`nt_xent` - SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, eq. 1),
   optionally with negatives gathered from every rank of a distributed run.
+* :func:`invariance_loss` - scale-free squared distance between the codes of two views of each image.
 """
 
 from __future__ import annotations
@@ -63,3 +64,16 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     logits = logits.masked_fill(F.one_hot(self_index, keys.shape[0]).bool(), float("-inf"))
     return F.cross_entropy(logits, positive)
 
+
+
+def invariance_loss(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean squared distance between paired codes ``z_a[i]`` and ``z_b[i]`` (each (N, D)), divided by the
+    codes' total variance (the sum over dimensions of the variance over all 2N codes).
+
+    Dividing by the spread makes the penalty blind to the codes' scale: shrinking every code does not lower
+    it, so an encoder can only lower it by mapping the two views of an image closer than other images lie.
+    0 when the views' codes coincide; about 2 when they are unrelated draws from the same distribution.
+    """
+    z_a, z_b = z_a.float(), z_b.float()
+    spread = torch.cat([z_a, z_b]).var(dim=0, unbiased=False).sum()
+    return (z_a - z_b).pow(2).sum(dim=1).mean() / (spread + eps)

@@ -8,7 +8,9 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        with ``recon_augment`` the training images are first augmented (target = the view);
                        with ``input_augment`` the encoder sees an augmented view and the target stays the
                        image (denoising with geometric corruption);
-                       with ``latent_noise`` the decoder sees a noisy ``z`` in training.
+                       with ``latent_noise`` the decoder sees a noisy ``z`` in training;
+                       with ``invariance_weight`` the code of the ``input_augment`` view is also pulled
+                       toward the code of the training input (a contractive penalty along the views).
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
                        (denoising) reconstruction term through a decoder (the report's CIFAR model).
@@ -24,7 +26,7 @@ from torch import nn
 from latentbench.augment import augment, corrupt, view_kind
 from latentbench.config import RunConfig
 from latentbench.data import DatasetSpec
-from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
+from latentbench.losses import classification_loss, invariance_loss, nt_xent, reconstruction_loss
 from latentbench.models import ClassifierHead, Encoder, ProjectionHead, build_encoder_decoder
 from latentbench.registry import get, register
 
@@ -79,8 +81,9 @@ class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 input_augment_p: float = 1.0, input_augment_until: float = 1.0):
+                 input_augment_p: float = 1.0, input_augment_until: float = 1.0, invariance_weight: float = 0.0):
         super().__init__(encoder)
+        self.invariance_weight = invariance_weight
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
         self.input_augment_p, self.input_augment_until = input_augment_p, input_augment_until
@@ -92,28 +95,39 @@ class AutoencoderObjective(Objective):
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg),
                    o.latent_noise, o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p,
-                   o.input_augment_until)
+                   o.input_augment_until, o.invariance_weight)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
         if self.training and self.view is not None:
             x = self.view(x)  # the view is both input and target: more varied digits, same task
-        z, skips = self.encoder.features(self.corrupted(x) if self.training else x)
+        x_view = self.training_view(x) if self.training else None
+        z, skips = self.encoder.features(self.corrupted(x, x_view) if self.training else x)
+        z_clean = z
         if self.training and self.latent_noise > 0:
             z = perturb_latent(z, self.latent_noise)
         x_hat = self.decoder(z, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
-        return loss, {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
+        stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
+        if x_view is not None and self.invariance_weight > 0:
+            invariance = invariance_loss(self.encoder(x_view), z_clean)
+            loss = loss + self.invariance_weight * invariance
+            stats.update(loss=loss.detach(), invariance=invariance.detach())
+        return loss, stats
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """The input view is used for the first ``input_augment_until`` of the epochs, then clean inputs."""
         self.input_view_on = self.input_view is not None and epoch < self.input_augment_until * epochs
 
-    def corrupted(self, x: torch.Tensor) -> torch.Tensor:
-        """The training input: an augmented view (``input_augment``, for a fraction ``input_augment_p`` of the
-        images), then masking and Gaussian noise."""
-        if self.input_view_on:
-            x = mix_rows(self.input_view(x), x, self.input_augment_p)
+    def training_view(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The ``input_augment`` view of ``x`` while views are on this epoch, else None."""
+        return self.input_view(x) if self.input_view_on else None
+
+    def corrupted(self, x: torch.Tensor, x_view: torch.Tensor | None) -> torch.Tensor:
+        """The training input: the augmented view ``x_view`` (``input_augment``) for a fraction
+        ``input_augment_p`` of the images, then masking and Gaussian noise."""
+        if x_view is not None:
+            x = mix_rows(x_view, x, self.input_augment_p)
         return corrupt(x, self.noise_std, self.mask_p)
 
 
