@@ -240,3 +240,39 @@ def test_a_key_added_later_counts_as_its_default_in_an_older_run():
     assert config_differences(older, wanted) == []
     wanted["objective"]["latent_noise"] = 0.3
     assert config_differences(older, wanted) == ["objective.latent_noise: 0.0 -> 0.3"]
+
+
+@pytest.mark.parametrize("kind,channels,size,widths", [
+    ("mlp", 1, 28, {"mlp_hidden": [1024, 512]}),
+    ("mlp", 1, 28, {"mlp_hidden": [256, 128], "mlp_decoder_hidden": [64, 512]}),
+    ("conv", 3, 32, {"conv_widths": [64, 128, 256, 512]}),
+    ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "latent_dim": 32}),
+])
+def test_model_macs_match_torchs_flop_counter_on_the_built_models(kind, channels, size, widths):
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latentbench.config import ModelConfig
+    from latentbench.data import DatasetSpec
+    from latentbench.models import build_encoder_decoder
+    model = dataclasses.replace(ModelConfig(), encoder=kind, **widths)
+    spec = DatasetSpec("x", channels, size, size, tuple("0123456789"), (0.5,) * channels, (0.5,) * channels)
+    encoder, decoder = build_encoder_decoder(spec, model)
+    counted = []
+    for net, x in ((encoder, torch.rand(1, channels, size, size)), (decoder, torch.rand(1, model.latent_dim))):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net.eval()(x)
+        counted.append(counter.get_total_flops() // 2)  # a multiply-accumulate is two flops
+    assert study.model_macs(model, kind, channels, size) == tuple(counted)
+
+
+def test_the_estimate_scales_with_the_model_width(tmp_path):
+    narrow = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"])
+    wide = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"], None,
+                            ["model.conv_widths=[64,128,256,512]"])
+    for a, b in zip(narrow, wide):
+        ratio = study.compute_scale(b.config, "cifar10")
+        assert 3.0 < ratio < 4.5  # twice the channels: about four times the multiply-accumulates
+        assert estimate_seconds(b) > 1.5 * estimate_seconds(a)  # evaluation's probes and t-SNE do not scale

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from latentbench.config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, read_toml
+from latentbench.config import ConfigError, ModelConfig, RunConfig, apply_overrides, flatten, from_dict, read_toml
 from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
@@ -52,7 +52,8 @@ DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 # epoch costs n_train x TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs
 # EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
 # baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
-# TSNE. Early stopping and a faster machine make real runs shorter; the ETA printed during the study
+# TSNE. Training and embedding costs scale with the model's multiply-accumulates per image against the
+# default widths' (compute_scale). Early stopping and a faster machine make real runs shorter; the ETA printed during the study
 # rescales the remaining estimate by how long the finished runs took against theirs.
 TRAIN_SECONDS_PER_IMAGE = {
     ("mlp", "autoencoder"): 4.3e-5, ("mlp", "supervised"): 1.6e-5, ("mlp", "contrastive"): 5.0e-5,
@@ -213,12 +214,59 @@ def _split_sizes(cfg: RunConfig, dataset: str) -> tuple[int, int, int]:
     return (min(train, d.train_subset) if d.train_subset else train), val, test
 
 
+def _image_shape(cfg: RunConfig, dataset: str) -> tuple[int, int]:
+    """(channels, side) of the run's images, without loading the data."""
+    if cfg.data.name == "synthetic":
+        return cfg.data.channels or 1, cfg.data.image_size or 28
+    return (1, 28) if dataset == "mnist" else (3, 32)
+
+
 def _encoder_kind(cfg: RunConfig, dataset: str) -> str:
     if cfg.model.encoder != "auto":
         return "mlp" if cfg.model.encoder == "mlp" else "conv"
-    channels = (cfg.data.channels or 1) if cfg.data.name == "synthetic" else (1 if dataset == "mnist" else 3)
-    size = (cfg.data.image_size or 28) if cfg.data.name == "synthetic" else (28 if dataset == "mnist" else 32)
+    channels, size = _image_shape(cfg, dataset)
     return "mlp" if channels == 1 and size <= 32 else "conv"
+
+
+def _mlp_macs(widths: list[int]) -> int:
+    return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def model_macs(model: ModelConfig, kind: str, channels: int, size: int) -> tuple[int, int]:
+    """Multiply-accumulates per image of the encoder and of its decoder, counted from the widths (the layers
+    of models.py: MLP layers, or 3x3 convs with CONV_STRIDES + a linear to z, mirrored by 4x4 transposed
+    convs)."""
+    from latentbench.models import CONV_STRIDES  # lazy: planning a study needs no torch
+
+    if kind == "mlp":
+        pixels = channels * size * size
+        decoder_hidden = model.mlp_decoder_hidden or model.mlp_hidden[::-1]
+        return (_mlp_macs([pixels, *model.mlp_hidden, model.latent_dim]),
+                _mlp_macs([model.latent_dim, *decoder_hidden, pixels]))
+    chans, side, encoder = [channels, *model.conv_widths], size, 0
+    for c_in, c_out, stride in zip(chans[:-1], chans[1:], CONV_STRIDES):
+        side = (side - 1) // stride + 1
+        encoder += side * side * c_in * c_out * 9
+    to_latent = side * side * model.conv_widths[-1] * model.latent_dim
+    decoder, up_chans = to_latent, [*model.conv_widths[:0:-1], channels]
+    for c_in, c_out in zip(up_chans[:-1], up_chans[1:]):
+        decoder += side * side * c_in * c_out * 16
+        side *= 2
+    return encoder + to_latent, decoder
+
+
+def _has_decoder(cfg: RunConfig) -> bool:
+    o = cfg.objective
+    return o.name == "autoencoder" or (o.name == "contrastive" and o.recon_weight > 0)
+
+
+def compute_scale(cfg: RunConfig, dataset: str) -> float:
+    """How much more compute per image this run's model needs than the default widths the cost model was
+    measured with (1.0 for the report's widths)."""
+    kind, (channels, size) = _encoder_kind(cfg, dataset), _image_shape(cfg, dataset)
+    counted = [model_macs(model, kind, channels, size) for model in (cfg.model, ModelConfig())]
+    ours, reference = ((enc + dec if _has_decoder(cfg) else enc) for enc, dec in counted)
+    return ours / reference
 
 
 def estimate_seconds(run: PlannedRun) -> float:
@@ -229,13 +277,12 @@ def estimate_seconds(run: PlannedRun) -> float:
     epochs = cfg.train.epochs
     if cfg.train.max_steps:
         epochs = min(epochs, cfg.train.max_steps * cfg.train.batch_size / max(1, n_train))
-    per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)]
+    scale = compute_scale(cfg, run.dataset)
+    per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)] * scale
     train = epochs * (n_train + n_val / 3) * per_image
-    evaluation = (EVAL_FIXED_SECONDS + (n_train + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind]
+    evaluation = (EVAL_FIXED_SECONDS + (n_train + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
                   + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)
-    has_decoder = cfg.objective.name == "autoencoder" or (cfg.objective.name == "contrastive"
-                                                          and cfg.objective.recon_weight > 0)
-    if not has_decoder:
+    if not _has_decoder(cfg):
         evaluation += n_train * cfg.eval.decoder_probe_epochs * DECODER_PROBE_SECONDS_PER_IMAGE[kind]
     return train + evaluation
 
