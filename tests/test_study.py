@@ -269,7 +269,8 @@ def test_model_macs_match_torchs_flop_counter_on_the_built_models(kind, channels
 
 
 def test_the_estimate_scales_with_the_model_width(tmp_path):
-    narrow = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"])
+    narrow = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"], None,
+                              ["model.conv_widths=[32,64,128,256]"])
     wide = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"], None,
                             ["model.conv_widths=[64,128,256,512]"])
     for a, b in zip(narrow, wide):
