@@ -212,6 +212,15 @@ def test_smoke_preset_end_to_end_and_rerun_skips_everything(tmp_path):
     assert calls.trained == [] and calls.evaluated == []
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # a run evaluated by hand with other settings is evaluated again, and only that one
+    state_file = plan[0].run_dir / "eval_state.json"
+    saved = json.loads(state_file.read_text())
+    saved["eval"]["tsne_points"] = 17
+    state_file.write_text(json.dumps(saved))
+    calls = Calls()
+    reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None)
+    assert calls.trained == [] and calls.evaluated == [plan[0].run_dir.name]
+
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's image decoding
 def test_train_subset_is_random_not_the_first_images_of_a_class_sorted_folder(tmp_path):

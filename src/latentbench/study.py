@@ -461,6 +461,27 @@ def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estim
         "on a 2-core CPU (refined as runs finish)")
 
 
+def evaluated_as_planned(run: PlannedRun) -> bool:
+    """Whether the run's last evaluation used the study's evaluation settings (``eval_state.json``); a run
+    evaluated by hand with other settings (``latentbench eval RUN --set eval.tsne_points=500``) is evaluated
+    again, and ``latentbench eval`` then redoes only what the changed settings touch. Without the file
+    there is nothing to compare, and the complete metrics and figures stand."""
+    path = run.run_dir / "eval_state.json"
+    if not path.is_file():
+        return True
+    try:
+        saved = read_json(path).get("eval", {})
+    except RunFileError:
+        return False
+    return not config_differences({"eval": saved}, {"eval": run.config.to_dict()["eval"]})
+
+
+def study_state(run: PlannedRun) -> str:
+    """:func:`run_state`, except that a run evaluated with other settings than the study's counts as trained."""
+    state = run_state(run.run_dir)
+    return "trained" if state == "evaluated" and not evaluated_as_planned(run) else state
+
+
 def run_one(run: PlannedRun, state: str, tag: str, splits: Callable[[], Any], train_fn: Callable[..., Path],
             evaluate_fn: Callable[[Path, Any], dict], say: Callable[[str], None]) -> bool:
     """Train (or resume) and evaluate one run as its ``state`` requires; False when its training diverged."""
@@ -507,7 +528,7 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     sessions = _previous_sessions(study_json)
     started = time.time()
     estimates = {r.name: estimate_seconds(r) for r in plan}
-    states = {r.name: run_state(r.run_dir) for r in plan}
+    states = {r.name: study_state(r) for r in plan}
     announce(spec, plan, states, estimates, folder, say)
 
     def save_state(status: str) -> None:
