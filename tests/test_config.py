@@ -124,5 +124,6 @@ def test_invariance_weight_without_a_view_is_an_error_that_says_what_to_set():
     from latentbench.config import ConfigError, from_dict
     with pytest.raises(ConfigError, match="objective.input_augment"):
         from_dict({"objective": {"invariance_weight": 1.0}})
-    cfg = from_dict({"objective": {"invariance_weight": 1.0, "input_augment": "digits", "input_augment_p": 0.0}})
+    objective = {"invariance_weight": 1.0, "input_augment": "digits", "input_augment_p": 0.0}
+    cfg = from_dict({"objective": objective})
     assert cfg.objective.invariance_weight == 1.0

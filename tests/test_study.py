@@ -270,7 +270,8 @@ def test_model_macs_match_torchs_flop_counter_on_the_built_models(kind, channels
     spec = DatasetSpec("x", channels, size, size, tuple("0123456789"), (0.5,) * channels, (0.5,) * channels)
     encoder, decoder = build_encoder_decoder(spec, model)
     counted = []
-    for net, x in ((encoder, torch.rand(1, channels, size, size)), (decoder, torch.rand(1, model.latent_dim))):
+    inputs = ((encoder, torch.rand(1, channels, size, size)), (decoder, torch.rand(1, model.latent_dim)))
+    for net, x in inputs:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             net.eval()(x)
         counted.append(counter.get_total_flops() // 2)  # a multiply-accumulate is two flops

@@ -65,7 +65,6 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     return F.cross_entropy(logits, positive)
 
 
-
 def invariance_loss(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Mean squared distance between paired codes ``z_a[i]`` and ``z_b[i]`` (each (N, D)), divided by the
     codes' total variance (the sum over dimensions of the variance over all 2N codes).

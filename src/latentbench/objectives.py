@@ -81,7 +81,8 @@ class AutoencoderObjective(Objective):
     def __init__(self, encoder: Encoder, decoder: nn.Module, recon_loss: str = "l1", noise_std: float = 0.0,
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 input_augment_p: float = 1.0, input_augment_until: float = 1.0, invariance_weight: float = 0.0):
+                 input_augment_p: float = 1.0, input_augment_until: float = 1.0,
+                 invariance_weight: float = 0.0):
         super().__init__(encoder)
         self.invariance_weight = invariance_weight
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
@@ -103,14 +104,12 @@ class AutoencoderObjective(Objective):
             x = self.view(x)  # the view is both input and target: more varied digits, same task
         x_view = self.training_view(x) if self.training else None
         z, skips = self.encoder.features(self.corrupted(x, x_view) if self.training else x)
-        z_clean = z
-        if self.training and self.latent_noise > 0:
-            z = perturb_latent(z, self.latent_noise)
-        x_hat = self.decoder(z, skips)
+        z_decoded = perturb_latent(z, self.latent_noise) if self.training and self.latent_noise > 0 else z
+        x_hat = self.decoder(z_decoded, skips)
         loss = reconstruction_loss(x_hat, x, self.recon_loss)
         stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
         if x_view is not None and self.invariance_weight > 0:
-            invariance = invariance_loss(self.encoder(x_view), z_clean)
+            invariance = invariance_loss(self.encoder(x_view), z)
             loss = loss + self.invariance_weight * invariance
             stats.update(loss=loss.detach(), invariance=invariance.detach())
         return loss, stats

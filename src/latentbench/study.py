@@ -30,7 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from latentbench.config import ConfigError, ModelConfig, RunConfig, apply_overrides, flatten, from_dict, read_toml
+from latentbench.config import (ConfigError, ModelConfig, RunConfig, apply_overrides, flatten, from_dict,
+                               read_toml)
 from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
@@ -53,8 +54,9 @@ DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 # EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
 # baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
 # TSNE. Training (its TRAIN_COMPUTE_SHARE) and embedding costs scale with the model's multiply-accumulates
-# per image against the default widths' (compute_scale). Early stopping and a faster machine make real runs shorter; the ETA printed during the study
-# rescales the remaining estimate by how long the finished runs took against theirs.
+# per image against the default widths' (compute_scale). Early stopping and a faster machine make real runs
+# shorter; the ETA printed during the study rescales the remaining estimate by how long the finished runs
+# took against theirs.
 TRAIN_SECONDS_PER_IMAGE = {
     ("mlp", "autoencoder"): 4.3e-5, ("mlp", "supervised"): 1.6e-5, ("mlp", "contrastive"): 5.0e-5,
     ("conv", "autoencoder"): 2.4e-3, ("conv", "supervised"): 1.5e-3, ("conv", "contrastive"): 5.5e-3,
@@ -477,7 +479,8 @@ def evaluated_as_planned(run: PlannedRun) -> bool:
 
 
 def study_state(run: PlannedRun) -> str:
-    """:func:`run_state`, except that a run evaluated with other settings than the study's counts as trained."""
+    """:func:`run_state`, except that a run evaluated with other settings than the study's counts as
+    trained."""
     state = run_state(run.run_dir)
     return "trained" if state == "evaluated" and not evaluated_as_planned(run) else state
 
