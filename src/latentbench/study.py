@@ -468,7 +468,9 @@ def evaluated_as_planned(run: PlannedRun) -> bool:
     evaluated by hand with other settings (``latentbench eval RUN --set eval.tsne_points=500``) is evaluated
     again, and ``latentbench eval`` then redoes only what the changed settings touch. Without the file
     there is nothing to compare, and the complete metrics and figures stand."""
-    path = run.run_dir / "eval_state.json"
+    from latentbench.evaluate import STATE_FILE  # lazy: planning a study needs no torch
+
+    path = run.run_dir / STATE_FILE
     if not path.is_file():
         return True
     try:
