@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from latentbench.augment import (add_noise, affine_grid, apply_color, apply_erase, apply_stroke, augment,
-                                 crop_theta, digit_theta, grayscale, sample_color_params, sample_crop_params,
-                                 sample_digit_params, sample_erase_params, sample_shift_params,
+                                 crop_theta, digit_theta, grayscale, max_3x3, sample_color_params,
+                                 sample_crop_params, sample_digit_params, sample_erase_params, sample_shift_params,
                                  sample_stroke_params, shift_theta, view_kind, warp)
 from latentbench.config import AugmentConfig
 
@@ -257,6 +257,11 @@ def test_stroke_matches_a_per_pixel_window_loop():
             assert torch.isclose(out[1, 0, i, j], padded_min[1, 0, i:i + 3, j:j + 3].min())
     assert torch.equal(out[2], x[2])
 
+
+
+def test_max_3x3_equals_max_pool2d():
+    x = torch.randn(4, 3, 7, 10)  # signed values, several channels, not square
+    assert torch.equal(max_3x3(x), F.max_pool2d(x, 3, stride=1, padding=1))
 
 def test_erase_params_follow_ranges():
     p = sample_erase_params(N, 0.5, (0.02, 0.15))

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
+from latentbench.losses import binary_cross_entropy, classification_loss, nt_xent, reconstruction_loss
 
 
 def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,6 +56,27 @@ def test_reconstruction_loss_references():
     bce = -(x * torch.log(x_hat) + (1 - x) * torch.log(1 - x_hat)).mean()
     assert torch.isclose(reconstruction_loss(x_hat, x, "bce"), bce, atol=1e-5)
 
+
+
+def test_binary_cross_entropy_matches_pytorch_in_value_and_gradients():
+    """Against F.binary_cross_entropy of the clamped input, including pixels at exactly 0 and 1 (clamped,
+    so no gradient) and soft targets; gradients to both the reconstruction and the target."""
+    torch.manual_seed(0)
+    x_hat = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    x_hat[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 1e-9])
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    x[1] = (x[1] > 0.5).double()  # hard targets beside soft ones
+    a_hat, a = x_hat.clone().requires_grad_(), x.clone().requires_grad_()
+    b_hat, b = x_hat.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = binary_cross_entropy(a_hat, a)
+    theirs = F.binary_cross_entropy(b_hat.clamp(1e-6, 1 - 1e-6), b)
+    assert torch.allclose(ours, theirs, rtol=1e-12)
+    ours.backward()
+    theirs.backward()
+    assert torch.allclose(a_hat.grad, b_hat.grad, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+    assert a_hat.grad[0, 0, 0, :3].eq(0).all()  # clamped pixels get no gradient
+    assert torch.autograd.gradcheck(lambda t: binary_cross_entropy(t, x), (x_hat.clamp(0.1, 0.9).requires_grad_(),))
 
 def test_classification_loss_reference():
     logits, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])

@@ -16,7 +16,7 @@ def twins(bias: bool = True) -> tuple[nn.Linear, nn.Linear]:
     plain = nn.Linear(37, 19, bias=bias)
     fast = nn.Linear(37, 19, bias=bias)
     fast.load_state_dict(plain.state_dict())
-    assert onednn.enable(fast) == 1
+    assert onednn.enable(fast, min_weights=0) == 1
     return plain, fast
 
 
@@ -57,13 +57,13 @@ def test_frozen_input_needs_no_input_gradient():
 def test_environment_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv(onednn.ENV_SWITCH, "0")
     layer = nn.Linear(3, 2)
-    assert onednn.enable(layer) == 0 and type(layer) is nn.Linear
+    assert onednn.enable(layer, min_weights=0) == 0 and type(layer) is nn.Linear
 
 
 def test_enable_counts_nested_layers_and_skips_subclasses():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 2)), nn.Conv2d(1, 1, 1))
-    assert onednn.enable(model) == 2
-    assert onednn.enable(model) == 0  # already switched
+    assert onednn.enable(model, min_weights=0) == 2
+    assert onednn.enable(model, min_weights=0) == 0  # already switched
 
 
 def test_compiled_module_falls_back_and_still_trains():
@@ -74,3 +74,41 @@ def test_compiled_module_falls_back_and_still_trains():
     assert torch.allclose(y, plain(x), atol=1e-5)
     y.sum().backward()
     assert fast.weight.grad is not None
+
+
+@pytest.mark.parametrize("make_input", [
+    lambda: torch.randn(37, 8).t(),  # a transposed (non-contiguous) input
+    lambda: torch.randn(8, 74)[:, ::2],  # a strided slice
+])
+def test_non_contiguous_inputs_and_expanded_gradients_match_nn_linear(make_input):
+    plain, fast = twins()
+    x = make_input()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    plain(xa).sum().backward()  # sum's backward hands the layer an expanded (stride-0) gradient
+    fast(xb).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    for p, q in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4)
+
+
+def test_training_sized_products_match_nn_linear():
+    """The sizes of the MNIST encoder's first layer, where oneDNN picks its blocked kernels."""
+    torch.manual_seed(1)
+    plain = nn.Linear(784, 256)
+    fast = nn.Linear(784, 256)
+    fast.load_state_dict(plain.state_dict())
+    assert onednn.enable(fast) == 1
+    x = torch.rand(128, 784)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(128, 256)
+    plain(xa).backward(g)
+    fast(xb).backward(g)
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-4)
+    for p, q in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_small_layers_stay_with_the_default_kernel():
+    model = nn.Sequential(nn.Linear(784, 256), nn.Linear(256, 128), nn.Linear(128, 128), nn.Linear(128, 64))
+    assert onednn.enable(model) == 2
+    assert [type(m) is onednn.OneDNNLinear for m in model] == [True, True, False, False]
