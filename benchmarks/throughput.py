@@ -308,7 +308,9 @@ def bench_case(case: str, splits: dict, args, device: torch.device, tmp: Path) -
     wait_for_quiet(args.wait_quiet)
     with OtherLoad() as other:
         for _ in range(args.rounds):
+            time.sleep(args.settle)
             result.lb_ips.append(steps * result.batch / lb.steps(steps))
+            time.sleep(args.settle)
             result.ref_ips.append(steps * result.batch / ref.steps(steps, warmup=2))
             print(f"  {case}: latentbench {result.lb_ips[-1]:,.0f} img/s, reference {result.ref_ips[-1]:,.0f} "
                   f"img/s (load {load_average()})", file=sys.stderr, flush=True)
@@ -396,6 +398,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 5, quick 3)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default per dataset)")
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--settle", type=float, default=1.0, metavar="SECONDS",
+                        help="pause before each timed block, so that neither side starts while the other's "
+                             "threads or worker processes are still winding down")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--models", choices=("report", "recipe"), default="report",
                         help="report: the report's encoder widths (default; what the targets refer to); "

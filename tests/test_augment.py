@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from latentbench.augment import (add_noise, affine_grid, apply_color, apply_erase, apply_stroke, augment,
-                                 crop_theta, digit_theta, grayscale, max_3x3, sample_color_params,
-                                 sample_crop_params, sample_digit_params, sample_erase_params, sample_shift_params,
-                                 sample_stroke_params, shift_theta, view_kind, warp)
+                                 crop_theta, digit_theta, grayscale, max_3x3, randn_like, sample_color_params,
+                                 sample_crop_params, sample_digit_params, sample_erase_params,
+                                 sample_shift_params, sample_stroke_params, shift_theta, view_kind, warp)
 from latentbench.config import AugmentConfig
 
 N = 20_000  # draws for the frequency checks: 4 standard errors of p=0.5 is 0.014
@@ -319,3 +319,12 @@ def test_corrupt_masks_then_adds_noise_and_only_in_training():
     # about half masked (noise of 0.1 rarely lifts a 0 past 0.2)
     assert 0.4 < (noisy < 0.2).float().mean().item() < 0.6
     assert noisy.min() >= 0 and noisy.max() <= 1
+
+
+def test_randn_like_keeps_the_layout_and_draws_standard_normals():
+    x = torch.rand(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    noise = randn_like(x)
+    assert noise.shape == x.shape and noise.is_contiguous(memory_format=torch.channels_last)
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
+    assert randn_like(torch.rand(5, 4)).shape == (5, 4)
+    assert add_noise(x, 0.1).is_contiguous(memory_format=torch.channels_last)

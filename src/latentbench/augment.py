@@ -106,11 +106,13 @@ def max_3x3(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_stroke(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Grey-level dilation (3x3 max) or erosion (3x3 min) per image, chosen by the masks in ``p``."""
-    dilated = max_3x3(x)
-    eroded = -max_3x3(-x)
+    """Grey-level dilation (3x3 max) or erosion (3x3 min) per image, chosen by the masks in ``p``.
+
+    One pooling pass for both: images to erode are negated first (min(x) = -max(-x)), then pooled."""
     view = (-1, 1, 1, 1)
-    return torch.where(p["dilate"].view(view), dilated, torch.where(p["erode"].view(view), eroded, x))
+    erode = p["erode"].view(view)
+    pooled = max_3x3(torch.where(erode, -x, x))
+    return torch.where(p["dilate"].view(view), pooled, torch.where(erode, -pooled, x))
 
 
 def sample_erase_params(n: int, p: float, scale: tuple[float, float], device="cpu") -> dict[str, torch.Tensor]:
@@ -129,9 +131,9 @@ def apply_erase(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     rows = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
     cols = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
     half = (p["side"] / 2).view(-1, 1)
-    in_rows = (rows.view(1, -1) - p["cy"].view(-1, 1)).abs() <= half
+    in_rows = ((rows.view(1, -1) - p["cy"].view(-1, 1)).abs() <= half) & p["erase"].view(-1, 1)
     in_cols = (cols.view(1, -1) - p["cx"].view(-1, 1)).abs() <= half
-    box = in_rows[:, :, None] & in_cols[:, None, :] & p["erase"].view(-1, 1, 1)
+    box = in_rows[:, :, None] & in_cols[:, None, :]
     return x.masked_fill(box[:, None], 0.0)
 
 
@@ -255,7 +257,20 @@ def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:
     """Gaussian pixel noise of standard deviation ``std``, clipped back to [0, 1] (denoising input)."""
     if std <= 0:
         return x
-    return (x + std * torch.randn_like(x)).clamp_(0, 1)
+    return (x + std * randn_like(x)).clamp_(0, 1)
+
+
+def randn_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.randn_like(x)`` with ``x``'s memory layout, drawn in memory order.
+
+    On the CPU ``normal_`` is 8-9x slower on a channels_last tensor than on a contiguous one (128x3x32x32
+    with 2 threads: 8.4 ms against 1.0 ms, most of the denoising term's input cost), so channels_last
+    noise is drawn as a contiguous NHWC tensor and viewed as NCHW.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        return torch.randn(n, h, w, c, dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    return torch.randn_like(x)
 
 
 def mask_pixels(x: torch.Tensor, p: float) -> torch.Tensor:

@@ -93,7 +93,8 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     local = torch.arange(n, device=z.device)
     self_index = torch.cat([local + offset, local + offset + world_n])
     positive = torch.cat([local + offset + world_n, local + offset])
-    logits = logits.masked_fill(F.one_hot(self_index, keys.shape[0]).bool(), float("-inf"))
+    rows = torch.arange(2 * n, device=z.device)
+    logits = logits.index_put((rows, self_index), logits.new_tensor(float("-inf")))  # no self-pairs
     return F.cross_entropy(logits, positive)
 
 
