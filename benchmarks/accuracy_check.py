@@ -6,6 +6,12 @@
 Trains the config's model both ways for a fixed number of epochs (no early stopping), then scores both on
 the test split with the same code: accuracy for a supervised objective, mean absolute pixel error for an
 autoencoder. Differences of the size of the seed-to-seed spread (``--seeds 2`` shows it) mean "unchanged".
+
+Both sides train on the same images for the same steps: the reference reads the whole training set, as
+tutorials do, so latentbench's validation hold-out is shrunk to 0.1% (``data.val_fraction=0.001``) and both
+one-cycle schedules span the same number of steps. With latentbench's usual 10% hold-out it trains on 10%
+fewer images and its schedule ends earlier, which showed: MNIST autoencoder, 3 epochs, test MAE 0.0335
+against 0.0322 (2 seeds), but 0.0324 against 0.0320 with the pools matched.
 """
 
 from __future__ import annotations
@@ -71,11 +77,13 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both sides, e.g. --set 'model.conv_widths=[32,64,128,256]'")
     args = parser.parse_args()
     rows = []
     for seed in range(args.seeds):
-        cfg = load_config(args.config, [f"train.epochs={args.epochs}", "train.patience=0", f"train.seed={seed}",
-                                        'train.device="cpu"'])
+        cfg = load_config(args.config, ["data.val_fraction=0.001", *args.set, f"train.epochs={args.epochs}",
+                                        "train.patience=0", f"train.seed={seed}", 'train.device="cpu"'])
         if cfg.objective.name not in ("supervised", "autoencoder"):
             raise SystemExit("accuracy_check compares supervised or autoencoder configs")
         splits = load_splits(cfg.data)
@@ -84,7 +92,8 @@ def main() -> None:
         ref, ref_s = train_reference(cfg, splits, steps)
         rows.append((seed, lb, ref, lb_s, ref_s))
     metric = "test accuracy" if cfg.objective.name == "supervised" else "test MAE"
-    print(f"{args.config}, {args.epochs} epochs, {metric}:")
+    overrides = "".join(f" --set '{o}'" for o in args.set)
+    print(f"{args.config}{overrides}, {args.epochs} epochs, {metric}:")
     print("| seed | latentbench | reference | latentbench s | reference s |\n|---|---|---|---|---|")
     for seed, lb, ref, lb_s, ref_s in rows:
         print(f"| {seed} | {lb:.4f} | {ref:.4f} | {lb_s:.0f} | {ref_s:.0f} |")
