@@ -107,8 +107,18 @@ def test_resume_through_the_cli(tiny, tmp_path, capsys):
     assert "completed 4 epochs" in capsys.readouterr().out
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT handled by Python, as in a terminal, even when the test run inherited an ignored SIGINT (under
+    nohup or a background CI job the trainer rightly leaves an ignored SIGINT alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("objective,encoder", [("contrastive", "conv"), ("supervised", "mlp")])
-def test_ctrl_c_mid_epoch_then_resume_is_exact(tiny, tmp_path, monkeypatch, capsys, objective, encoder):
+def test_ctrl_c_mid_epoch_then_resume_is_exact(tiny, tmp_path, monkeypatch, capsys, python_sigint_handler,
+                                                objective, encoder):
     """A real SIGINT inside step 7 (after its augmentations/dropout drew random numbers and BatchNorm moved):
     the step finishes, 'last' is saved mid-epoch, and the resumed run ends bit-identical."""
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
