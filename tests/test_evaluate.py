@@ -11,7 +11,8 @@ from conftest import tiny_config
 from latentbench.cli import main
 from latentbench.config import ConfigError, load_config
 from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
-                                  choose_samples, evaluate, evaluate_run, load_run)
+                                  choose_samples, evaluate, evaluate_run, load_run, probe_view_codes,
+                                  probe_view_kind)
 from latentbench.io import RunFileError, safe_torch_load
 from latentbench.train import train
 
@@ -20,7 +21,8 @@ REQUIRED_KEYS = [
     *(f"probe_mlp_{s}_acc" for s in SPLITS), *(f"probe_linear_{s}_acc" for s in SPLITS), "knn_val_acc",
     "knn_test_acc", *(f"recon_{s}_mae" for s in SPLITS), "recon_test_mse", "recon_test_psnr", "recon_is_probe",
     "silhouette", "alignment", "uniformity", "effective_rank", "tsne_trustworthiness", "pixel_knn_test_acc",
-    "pixel_linear_test_acc", "pca_knn_test_acc", "pca_linear_test_acc",
+    "pixel_linear_test_acc", "pca_knn_test_acc", "pca_linear_test_acc", "probe_mlp_plain_val_acc",
+    "probe_mlp_plain_test_acc",
 ]
 FAST = ["eval.tsne_points=120", "eval.trust_points=100", "eval.alignment_points=100", "eval.silhouette_points=150",
         "eval.probe_epochs=2", "eval.decoder_probe_epochs=1", "eval.linear_max_iter=50"]
@@ -151,3 +153,31 @@ def test_auto_threads_leave_busy_cores_alone(monkeypatch):
     monkeypatch.setattr(ev.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
     assert ev.eval_threads(0) == 1
     assert ev.eval_threads(3) == 3  # an explicit train.threads wins
+
+
+@pytest.mark.parametrize("channels, kind", [(1, "digits"), (3, "crop_flip")])
+def test_probe_view_codes_are_seeded_augmented_codes_of_every_training_image(tmp_path, channels, kind):
+    cfg = tiny_config(tmp_path, "autoencoder", channels=channels, size=16, extra=FAST)
+    run = load_run(train(cfg))
+    assert probe_view_kind(run) == kind
+    before = {k: v.clone() for k, v in run.objective.encoder.state_dict().items()}
+    codes = probe_view_codes(run, 2)
+    n = len(run.splits.train.y)
+    assert codes.shape == (2 * n, 128)
+    assert torch.equal(codes, probe_view_codes(run, 2))  # drawn from eval.seed: the same views every time
+    clean = run.objective.encoder(run.splits.train.x.float().div(255)).detach()
+    assert not torch.allclose(codes[:n], clean, atol=1e-4)  # the views are not the images
+    assert not torch.allclose(codes[:n], codes[n:], atol=1e-4)  # the two copies differ
+    after = run.objective.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_probe_views_setting_controls_the_plain_probe_keys_and_protocol(ae_run):
+    with_views = evaluate_run(ae_run, force=False, overrides=["eval.probe_views=3"])
+    assert "3 augmented copies" in with_views["protocol"]["probe_mlp_test_acc"]
+    assert "no views" in with_views["protocol"]["probe_mlp_plain_test_acc"]
+    without = evaluate_run(ae_run, force=False, overrides=["eval.probe_views=0"])
+    assert "probe_mlp_plain_test_acc" not in without["metrics"]
+    assert "augmented" not in without["protocol"]["probe_mlp_test_acc"]
+    with pytest.raises(ConfigError, match="probe_view_augment"):
+        evaluate_run(ae_run, force=False, overrides=["eval.probe_view_augment=color"])

@@ -87,8 +87,8 @@ def test_tables_put_our_numbers_beside_the_reports(study_dir):
 def test_extra_metrics_baselines_and_probe_marker(study_dir):
     md = build_report(study_dir)[1].read_text()
     every = md.split("### MNIST: every model, every metric")[1].split("###")[0]
-    assert "| Raw pixels | — | — | 92.00% | 96.00% |" in every  # the same in every run: shown once, no "± 0"
-    assert "| PCA-128 of pixels | — | — | 91.00% | 96.50% |" in every
+    assert "| Raw pixels | — | — | — | 92.00% | 96.00% |" in every  # the same in every run: shown once, no "± 0"
+    assert "| PCA-128 of pixels | — | — | — | 91.00% | 96.50% |" in every
     supervised = next(line for line in every.splitlines() if line.startswith("| Supervised |"))
     assert "†" in supervised  # its reconstruction came from a decoder probe
     assert "finished, not evaluated" in md

@@ -145,6 +145,11 @@ class EvalConfig:
     trust_points: int = 2000  # t-SNE points scored by trustworthiness (its cost is quadratic)
     tsne_iters: int = 250  # openTSNE iterations after early exaggeration (its default 500: 2x slower, same trust)
     pca_dims: int = 128  # the pixel-PCA baseline's dimensions (= the report's latent size)
+    # added in session 7: the MLP probe's training codes include codes of mildly augmented training images
+    probe_views: int = 2  # augmented copies of each training image added to the MLP probe's training set (0 = off)
+    probe_view_augment: str = "auto"  # auto (digits for 1 channel, crop_flip otherwise) | digits | crop_flip
+    probe_view_rotation_deg: float = 5.0  # digits views: rotation in [-deg, deg]
+    probe_view_translate: float = 0.05  # digits views: shift as a fraction of the side (0.05 = 1.4 px on MNIST)
 
 
 @dataclass
@@ -176,6 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.sync_batchnorm": ("auto", "on", "off"),
+    "eval.probe_view_augment": ("auto", "digits", "crop_flip"),
 }
 
 POSITIVE = {
@@ -193,7 +199,8 @@ NON_NEGATIVE = {
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
     "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",
-    "eval.alignment_points", "eval.trust_points",
+    "eval.alignment_points", "eval.trust_points", "eval.probe_views", "eval.probe_view_rotation_deg",
+    "eval.probe_view_translate",
 }
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",

@@ -41,7 +41,7 @@ from torch import nn
 
 from latentbench import embed, metrics, plots, probes
 from latentbench.augment import augment, view_kind
-from latentbench.config import ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
+from latentbench.config import AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
 from latentbench.data import Splits, load_splits
 from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from latentbench.models import ClassifierHead, build_encoder_decoder
@@ -193,22 +193,88 @@ def _on(emb: dict[str, dict[str, torch.Tensor]], key: str, device: torch.device)
     return {split: emb[split][key].to(device) for split in embed.SPLITS}
 
 
-def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
+def probe_view_kind(run: EvalRun) -> str:
+    """The probe views' augmentation: mild digit warps for grayscale images, pad-and-crop + flip for colour."""
+    kind = run.ev.probe_view_augment
+    if kind != "auto":
+        return kind
+    return "digits" if run.splits.spec.channels == 1 else "crop_flip"
+
+
+def probe_view_codes(run: EvalRun, copies: int) -> torch.Tensor:
+    """Codes (copies * N, D) of ``copies`` augmented views of every training image, in the order of the images.
+
+    The encoder stays frozen and in eval mode (``torch.inference_mode``); the views are drawn from a generator
+    seeded by ``eval.seed``, so the same run always gets the same views.
+    """
+    ev, encoder, kind = run.ev, run.objective.encoder.eval(), probe_view_kind(run)
+    cfg = AugmentConfig(digit_crop_scale=[1.0, 1.0], rotation_deg=ev.probe_view_rotation_deg,
+                        translate=ev.probe_view_translate, stroke_p=0.0, erase_p=0.0)
+    devices = [run.device] if run.device.type == "cuda" else []
+    codes = []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        torch.manual_seed(ev.seed + 1)
+        for _ in range(copies):
+            for chunk in run.splits.train.x.split(ev.batch_size):
+                view = augment(embed.pixels(chunk, run.device), kind, cfg)
+                if run.channels_last:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                codes.append(encoder(view).float().cpu())
+    return torch.cat(codes).clone()
+
+
+def _probe_views_protocol(run: EvalRun) -> str:
+    ev, kind = run.ev, probe_view_kind(run)
+    what = (f"rotation +-{ev.probe_view_rotation_deg} deg, shift +-{ev.probe_view_translate:g} of the side"
+            if kind == "digits" else "pad-4 random crop and horizontal flip")
+    return (f"; its training set also holds the codes of {ev.probe_views} augmented copies of every training image "
+            f"({kind}: {what}; drawn once, seed {ev.seed + 1}; selection and scores on the clean images)")
+
+
+def _fit_mlp_probe(run: EvalRun, z: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> probes.ProbeResult:
     ev, m, spec = run.ev, run.cfg.model, run.splits.spec
-    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
-    if ev.probe_standardize:
-        z = dict(zip(embed.SPLITS, metrics.standardize(z["train"], z["val"], z["test"])))
     torch.manual_seed(ev.seed)  # the probe's initial weights
     head = ClassifierHead(z["train"].shape[1], m.classifier_hidden, spec.num_classes, m.classifier_dropout)
-    result = probes.train_mlp_probe(head, z, y, ev.probe_epochs, ev.probe_patience, ev.probe_lr,
-                                    ev.probe_weight_decay, ev.probe_batch_size, ev.seed)
-    how = (f"MLP {z['train'].shape[1]}-{m.classifier_hidden}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
-           f"on frozen z{' (standardised by train mean/std)' if ev.probe_standardize else ''}, Adam lr {ev.probe_lr}"
-           f"{f' wd {ev.probe_weight_decay}' if ev.probe_weight_decay else ''}, batch {ev.probe_batch_size}, "
-           f"up to {ev.probe_epochs} epochs with early stopping on val accuracy (patience {ev.probe_patience}; "
-           f"kept epoch {result.best_epoch} of {result.epochs}), seed {ev.seed}")
-    return ({f"probe_mlp_{s}_acc": result.scores[s] for s in embed.SPLITS},
-            {f"probe_mlp_{s}_acc": f"{s} accuracy of the {how}" for s in embed.SPLITS})
+    return probes.train_mlp_probe(head, z, y, ev.probe_epochs, ev.probe_patience, ev.probe_lr,
+                                  ev.probe_weight_decay, ev.probe_batch_size, ev.seed)
+
+
+def _mlp_protocol(run: EvalRun, result: probes.ProbeResult, dims: int, views: str) -> str:
+    ev, m, spec = run.ev, run.cfg.model, run.splits.spec
+    return (f"MLP {dims}-{m.classifier_hidden}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
+            f"on frozen z{' (standardised by train mean/std)' if ev.probe_standardize else ''}, Adam lr {ev.probe_lr}"
+            f"{f' wd {ev.probe_weight_decay}' if ev.probe_weight_decay else ''}, batch {ev.probe_batch_size}, "
+            f"up to {ev.probe_epochs} epochs with early stopping on val accuracy (patience {ev.probe_patience}; "
+            f"kept epoch {result.best_epoch} of {result.epochs}), seed {ev.seed}{views}")
+
+
+def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
+    """The report's classifier probe; with ``eval.probe_views`` also fit on clean codes alone (``probe_mlp_plain_*``)."""
+    ev = run.ev
+    z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
+    views = probe_view_codes(run, ev.probe_views).to(run.device) if ev.probe_views else None
+    if ev.probe_standardize:
+        others = [z["val"], z["test"]] + ([views] if views is not None else [])
+        train, val, test, *rest = metrics.standardize(z["train"], *others)
+        z, views = {"train": train, "val": val, "test": test}, (rest[0] if rest else None)
+    dims = z["train"].shape[1]
+    out, how = {}, {}
+    if views is not None:
+        plain = _fit_mlp_probe(run, z, y)
+        for s in ("val", "test"):
+            out[f"probe_mlp_plain_{s}_acc"] = plain.scores[s]
+            how[f"probe_mlp_plain_{s}_acc"] = f"{s} accuracy of the {_mlp_protocol(run, plain, dims, '')} (no views)"
+        z = {**z, "train": torch.cat([z["train"], views])}
+        y = {**y, "train": y["train"].repeat(1 + ev.probe_views)}
+    result = _fit_mlp_probe(run, z, y)
+    how_views = _probe_views_protocol(run) if views is not None else ""
+    n_clean = len(emb["train"]["y"])
+    train_acc = metrics.accuracy(probes.predict(result.model, z["train"][:n_clean]), y["train"][:n_clean])
+    scores = {**result.scores, "train": train_acc}
+    for s in embed.SPLITS:
+        out[f"probe_mlp_{s}_acc"] = scores[s]
+        how[f"probe_mlp_{s}_acc"] = f"{s} accuracy of the {_mlp_protocol(run, result, dims, how_views)}"
+    return out, how
 
 
 def _linear_protocol(c: float, iters: int, what: str) -> str:
@@ -567,7 +633,8 @@ def metric_groups(run: EvalRun) -> list[tuple[str, list[str], Callable[..., Scor
     """(stage name, the keys it writes, function) for every metric group that applies to this run."""
     splits3 = embed.SPLITS
     groups = [
-        ("probe_mlp", [f"probe_mlp_{s}_acc" for s in splits3], group_probe_mlp),
+        ("probe_mlp", [f"probe_mlp_{s}_acc" for s in splits3]
+         + ([f"probe_mlp_plain_{s}_acc" for s in ("val", "test")] if run.ev.probe_views else []), group_probe_mlp),
         ("probe_linear", [f"probe_linear_{s}_acc" for s in splits3], group_probe_linear),
         ("knn", ["knn_val_acc", "knn_test_acc"], group_knn),
     ]

@@ -45,6 +45,7 @@ SPLIT_LABELS = {"train": "Train", "val": "Validation", "test": "Test"}
 # Columns of the "all metrics" table: (key, header, kind). Kinds: acc (%), mae, float.
 EXTRA_COLUMNS = (
     ("probe_mlp_test_acc", "MLP probe", "acc"),
+    ("probe_mlp_plain_test_acc", "MLP probe, no views", "acc"),
     ("probe_linear_test_acc", "Linear probe", "acc"),
     ("knn_test_acc", "kNN", "acc"),
     ("e2e_test_acc", "End-to-end", "acc"),
