@@ -214,12 +214,22 @@ def test_smoke_preset_end_to_end_and_rerun_skips_everything(tmp_path):
 
     # a run evaluated by hand with other settings is evaluated again, and only that one
     state_file = plan[0].run_dir / "eval_state.json"
-    saved = json.loads(state_file.read_text())
+    original = state_file.read_text()
+    saved = json.loads(original)
     saved["eval"]["tsne_points"] = 17
     state_file.write_text(json.dumps(saved))
     calls = Calls()
     reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None)
     assert calls.trained == [] and calls.evaluated == [plan[0].run_dir.name]
+
+    # a run evaluated by an older latentbench (its eval settings lack today's probe_views) is evaluated again
+    state_file.write_text(original)  # the stub evaluate_fn above left the hand-made settings in place
+    saved = json.loads((plan[1].run_dir / "eval_state.json").read_text())
+    del saved["eval"]["probe_views"]
+    (plan[1].run_dir / "eval_state.json").write_text(json.dumps(saved))
+    calls = Calls()
+    reproduce("smoke", out=out, train_fn=calls.train, evaluate_fn=calls.evaluate, log=lambda _: None)
+    assert calls.trained == [] and calls.evaluated == [plan[1].run_dir.name]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's image decoding

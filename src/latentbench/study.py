@@ -466,8 +466,9 @@ def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estim
 def evaluated_as_planned(run: PlannedRun) -> bool:
     """Whether the run's last evaluation used the study's evaluation settings (``eval_state.json``); a run
     evaluated by hand with other settings (``latentbench eval RUN --set eval.tsne_points=500``) is evaluated
-    again, and ``latentbench eval`` then redoes only what the changed settings touch. Without the file
-    there is nothing to compare, and the complete metrics and figures stand."""
+    again, and ``latentbench eval`` then redoes only what the changed settings touch. So is a run evaluated
+    by an older latentbench whose eval settings lack a key of today's (a new evaluation option may change the
+    numbers even at its default). Without the file there is nothing to compare, and the metrics stand."""
     from latentbench.evaluate import STATE_FILE  # lazy: planning a study needs no torch
 
     path = run.run_dir / STATE_FILE
@@ -477,7 +478,10 @@ def evaluated_as_planned(run: PlannedRun) -> bool:
         saved = read_json(path).get("eval", {})
     except RunFileError:
         return False
-    return not config_differences({"eval": saved}, {"eval": run.config.to_dict()["eval"]})
+    wanted = run.config.to_dict()["eval"]
+    if set(wanted) - set(saved):
+        return False
+    return not config_differences({"eval": saved}, {"eval": wanted})
 
 
 def study_state(run: PlannedRun) -> str:
