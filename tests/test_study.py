@@ -297,3 +297,10 @@ def test_the_estimate_scales_with_the_model_width(tmp_path):
         ratio = study.compute_scale(b.config, "cifar10")
         assert 3.0 < ratio < 4.5  # twice the channels: about four times the multiply-accumulates
         assert estimate_seconds(b) > 1.5 * estimate_seconds(a)  # evaluation's probes and t-SNE do not scale
+
+
+def test_a_trained_run_is_estimated_at_its_evaluation_alone(tmp_path):
+    for run in study.plan_study(load_preset("paper"), tmp_path, ["mnist"], 1, []):
+        evaluation = estimate_seconds(run, "trained")
+        assert 0 < evaluation < estimate_seconds(run, "new")
+        assert estimate_seconds(run, "interrupted") == estimate_seconds(run, "new")

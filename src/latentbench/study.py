@@ -53,13 +53,17 @@ DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 # epoch costs n_train x TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs
 # EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
 # baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
-# TSNE. Training (its TRAIN_COMPUTE_SHARE) and embedding costs scale with the model's multiply-accumulates
+# TSNE; with probe views (eval.probe_views) the MLP probe is fitted again on (1 + views) x n_train codes
+# (MLP_PROBE_VIEWS) after encoding views x n_train more images. Training (its TRAIN_COMPUTE_SHARE) and embedding costs scale with the model's multiply-accumulates
 # per image against the default widths' (compute_scale). Early stopping and a faster machine make real runs
 # shorter; the ETA printed during the study rescales the remaining estimate by how long the finished runs
 # took against theirs.
+# The conv rows were re-measured in sessions 5-6 (2 threads, idle, full-length recipes at widths 32-256,
+# docs/results.md): autoencoder 704 s, supervised 466 s, contrastive + denoising 1,760 s for 20 epochs of
+# 45,000 + 5,000 images, i.e. 7.5e-4 / 5.0e-4 / 1.9e-3 s per image; kept ~20% above that.
 TRAIN_SECONDS_PER_IMAGE = {
     ("mlp", "autoencoder"): 4.3e-5, ("mlp", "supervised"): 1.6e-5, ("mlp", "contrastive"): 5.0e-5,
-    ("conv", "autoencoder"): 2.4e-3, ("conv", "supervised"): 1.5e-3, ("conv", "contrastive"): 5.5e-3,
+    ("conv", "autoencoder"): 9e-4, ("conv", "supervised"): 6e-4, ("conv", "contrastive"): 2.3e-3,
 }
 # The share of that per-image time that grows with the model's multiply-accumulates (compute_scale); the rest
 # (batch assembly, augmentation, optimizer bookkeeping) does not. Measured with 1 thread on MNIST, encoder
@@ -73,7 +77,12 @@ TRAIN_COMPUTE_SHARE = {
 }
 EVAL_FIXED_SECONDS = 4.0
 EMBED_SECONDS_PER_IMAGE = {"mlp": 2e-5, "conv": 0.9e-3}
-PROBE_SECONDS_PER_IMAGE = {"mlp": 9e-4, "conv": 2.5e-3}
+# probes, kNN and latent statistics per training code, re-measured in session 6's quick preset (2 threads):
+# MNIST 18 s on 54,000 codes (3.4e-4), CIFAR-10 3 s on 4,500 (6.7e-4) plus its pixel baselines once (8 s)
+PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-4, "conv": 1.5e-3}
+# measured (session 7, 2 threads): the MNIST autoencoder's MLP probe on 54,000 clean + 108,000 view codes
+# 14 s, i.e. 0.9e-4 s per code; kept ~2.5x above that, like the other constants
+MLP_PROBE_VIEWS_SECONDS_PER_CODE = 1.5e-4
 DECODER_PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-5, "conv": 4e-3}
 TSNE_SECONDS_PER_POINT = 5e-3
 DATASET_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}  # (train + val, test) images
@@ -281,8 +290,9 @@ def compute_scale(cfg: RunConfig, dataset: str) -> float:
     return ours / reference
 
 
-def estimate_seconds(run: PlannedRun) -> float:
-    """Rough wall time of training plus evaluation on the reference 2-core CPU (see the cost model above)."""
+def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
+    """Rough wall time of what a run in ``state`` still needs (training unless it is trained, then its
+    evaluation) on the reference 2-core CPU (see the cost model above)."""
     cfg = run.config
     kind = _encoder_kind(cfg, run.dataset)
     n_train, n_val, n_test = _split_sizes(cfg, run.dataset)
@@ -293,11 +303,15 @@ def estimate_seconds(run: PlannedRun) -> float:
     share = TRAIN_COMPUTE_SHARE[(kind, cfg.objective.name)]
     per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)] * (1 - share + share * scale)
     train = epochs * (n_train + n_val / 3) * per_image
-    evaluation = (EVAL_FIXED_SECONDS + (n_train + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
+    views = cfg.eval.probe_views
+    evaluation = (EVAL_FIXED_SECONDS
+                  + (n_train * (1 + views) + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
                   + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)
+    if views:
+        evaluation += n_train * (1 + views) * MLP_PROBE_VIEWS_SECONDS_PER_CODE
     if not _has_decoder(cfg):
         evaluation += n_train * cfg.eval.decoder_probe_epochs * DECODER_PROBE_SECONDS_PER_IMAGE[kind]
-    return train + evaluation
+    return evaluation if state == "trained" else train + evaluation
 
 
 def format_duration(seconds: float) -> str:
@@ -536,8 +550,8 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     study_json = folder / "study.json"
     sessions = _previous_sessions(study_json)
     started = time.time()
-    estimates = {r.name: estimate_seconds(r) for r in plan}
     states = {r.name: study_state(r) for r in plan}
+    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
     announce(spec, plan, states, estimates, folder, say)
 
     def save_state(status: str) -> None:
