@@ -180,3 +180,18 @@ def test_protocols_listed_once_per_distinct_text(study_dir):
     rows = [line for line in md.splitlines() if line.startswith("| `knn_test_acc` |")]
     assert rows == ["| `knn_test_acc` | MNIST: Autoencoder, Contrastive | knn_test_acc on the test split, 3 epochs |",
                     "| `knn_test_acc` | MNIST: Supervised | kNN, k=5 |"]
+
+
+def test_table_1_says_when_our_probe_trained_on_augmented_copies(tmp_path):
+    runs = [make_run(tmp_path, "mnist", "autoencoder", 0, mnist_metrics(0.98)),
+            make_run(tmp_path, "mnist", "contrastive", 0, mnist_metrics(0.99))]
+    first = build_report(tmp_path)[1].read_text().split("### Table 1")[1].split("###")[0]
+    assert "augmented copies" not in first
+    metrics_file = runs[0] / "metrics.json"
+    m = json.loads(metrics_file.read_text())
+    m["protocol"]["probe_mlp_test_acc"] += "; its training set also holds the codes of 2 augmented copies"
+    metrics_file.write_text(json.dumps(m))
+    table = build_report(tmp_path)[1].read_text().split("### Table 1")[1].split("###")[0]
+    autoencoder = next(line for line in table.splitlines() if line.startswith("| Classifier on frozen autoencoder"))
+    contrastive = next(line for line in table.splitlines() if line.startswith("| Contrastive"))
+    assert "augmented copies" in autoencoder and "augmented copies" not in contrastive

@@ -250,6 +250,16 @@ class Table:
     section: str = "metrics"  # reference | metrics | runs
 
 
+def _views_note(row: dict[str, Any], group: "Group | None") -> str:
+    """Says so when our probe also trained on augmented copies of the training images (eval.probe_views)."""
+    key = row["keys"].get("test")
+    text = group.runs[0].protocol.get(key, "") if group and key else ""
+    if "augmented copies" not in text:
+        return ""
+    return ("; ours also trains it on the codes of augmented copies of the training images (without them: "
+            "'MLP probe, no views' below)")
+
+
 def reference_table(spec: dict[str, Any], study: Study) -> Table:
     """One of the original report's tables: per split our mean ± std, the report's number, the difference."""
     splits = [s for s in SPLITS if any(s in row["keys"] for row in spec["rows"])]
@@ -263,7 +273,7 @@ def reference_table(spec: dict[str, Any], study: Study) -> Table:
         group = study.groups.get((spec["dataset"], row["model"]))
         seeds = len(group.runs) if group else 0
         cells = [Cell(row["label"] + (f" — {seeds} seed(s)" if seeds > 1 else ""), numeric=False),
-                 Cell(row["protocol"], numeric=False)]
+                 Cell(row["protocol"] + _views_note(row, group), numeric=False)]
         for s in splits:
             key = row["keys"].get(s)
             stat = group.stat(key) if group and key else None
