@@ -181,3 +181,18 @@ def test_probe_views_setting_controls_the_plain_probe_keys_and_protocol(ae_run):
     assert "augmented" not in without["protocol"]["probe_mlp_test_acc"]
     with pytest.raises(ConfigError, match="probe_view_augment"):
         evaluate_run(ae_run, force=False, overrides=["eval.probe_view_augment=color"])
+
+
+def test_learning_curves_use_a_log_scale_for_errors_that_fall_by_orders_of_magnitude(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from latentbench import plots
+
+    scales = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: scales.update(
+        {ax.get_title(): ax.get_yscale() for ax in fig.axes}) or plt.close(fig))
+    history = [{"epoch": e, "train_mae": 0.2 / e, "val_mae": 0.21 / e, "train_acc": 0.5 + e / 400,
+                "val_acc": 0.5 + e / 410} for e in range(1, 151)]
+    plots.plot_curves(history, tmp_path / "curves.png", "t")
+    assert scales == {"mae (log scale)": "log", "acc": "linear"}
+    assert plots._wide_positive_range([0.1, 2.0]) and not plots._wide_positive_range([-1.0, 20.0])

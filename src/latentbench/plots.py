@@ -151,6 +151,12 @@ def plot_tsne(maps: dict[str, np.ndarray], y: torch.Tensor, class_names: Sequenc
     save_figure(fig, path)
 
 
+def _wide_positive_range(values: list[float], ratio: float = 10.0) -> bool:
+    """True when every value is positive and the largest is at least ``ratio`` times the smallest."""
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) >= ratio * min(finite)
+
+
 def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
     """One panel per statistic logged for both train and validation in ``history`` (train.read_history rows)."""
     keys = [k[len("train_"):] for k in history[0] if k.startswith("train_")] if history else []
@@ -159,11 +165,17 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None
     rows = math.ceil(len(stats) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False)
     for ax, stat in zip(axes.flat, stats):
+        values = []
         for split, color, marker in (("train", PALETTE[4], "o"), ("val", PALETTE[5], "s")):
             points = [(row["epoch"], row[f"{split}_{stat}"]) for row in history if f"{split}_{stat}" in row]
             if points:
-                ax.plot(*zip(*points), color=color, marker=marker, markersize=3, label=split)
-        ax.set_title(stat, fontsize=10)
+                values += [v for _, v in points]
+                ax.plot(*zip(*points), color=color, marker=marker if len(points) <= 40 else None, markersize=3,
+                        label=split)
+        log = _wide_positive_range(values)
+        if log:
+            ax.set_yscale("log")  # errors that fall by orders of magnitude: the late epochs stay visible
+        ax.set_title(stat + (" (log scale)" if log else ""), fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
