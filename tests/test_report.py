@@ -87,7 +87,8 @@ def test_tables_put_our_numbers_beside_the_reports(study_dir):
 def test_extra_metrics_baselines_and_probe_marker(study_dir):
     md = build_report(study_dir)[1].read_text()
     every = md.split("### MNIST: every model, every metric")[1].split("###")[0]
-    assert "| Raw pixels | — | — | — | 92.00% | 96.00% |" in every  # the same in every run: shown once, no "± 0"
+    # the same in every run: shown once, no "± 0"
+    assert "| Raw pixels | — | — | — | 92.00% | 96.00% |" in every
     assert "| PCA-128 of pixels | — | — | — | 91.00% | 96.50% |" in every
     supervised = next(line for line in every.splitlines() if line.startswith("| Supervised |"))
     assert "†" in supervised  # its reconstruction came from a decoder probe
@@ -192,6 +193,7 @@ def test_table_1_says_when_our_probe_trained_on_augmented_copies(tmp_path):
     m["protocol"]["probe_mlp_test_acc"] += "; its training set also holds the codes of 2 augmented copies"
     metrics_file.write_text(json.dumps(m))
     table = build_report(tmp_path)[1].read_text().split("### Table 1")[1].split("###")[0]
-    autoencoder = next(line for line in table.splitlines() if line.startswith("| Classifier on frozen autoencoder"))
-    contrastive = next(line for line in table.splitlines() if line.startswith("| Contrastive"))
+    rows = table.splitlines()
+    autoencoder = next(line for line in rows if line.startswith("| Classifier on frozen autoencoder"))
+    contrastive = next(line for line in rows if line.startswith("| Contrastive"))
     assert "augmented copies" in autoencoder and "augmented copies" not in contrastive

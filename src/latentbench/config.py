@@ -146,10 +146,10 @@ class EvalConfig:
     tsne_iters: int = 250  # openTSNE iterations after early exaggeration (its default 500: 2x slower, same trust)
     pca_dims: int = 128  # the pixel-PCA baseline's dimensions (= the report's latent size)
     # added in session 7: the MLP probe's training codes include codes of mildly augmented training images
-    probe_views: int = 2  # augmented copies of each training image added to the MLP probe's training set (0 = off)
+    probe_views: int = 2  # augmented copies of each training image in the MLP probe's training set (0 = off)
     probe_view_augment: str = "auto"  # auto (digits for 1 channel, crop_flip otherwise) | digits | crop_flip
     probe_view_rotation_deg: float = 5.0  # digits views: rotation in [-deg, deg]
-    probe_view_translate: float = 0.05  # digits views: shift as a fraction of the side (0.05 = 1.4 px on MNIST)
+    probe_view_translate: float = 0.05  # digits views: shift as a fraction of the side (1.4 px on MNIST)
 
 
 @dataclass

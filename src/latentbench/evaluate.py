@@ -194,7 +194,7 @@ def _on(emb: dict[str, dict[str, torch.Tensor]], key: str, device: torch.device)
 
 
 def probe_view_kind(run: EvalRun) -> str:
-    """The probe views' augmentation: mild digit warps for grayscale images, pad-and-crop + flip for colour."""
+    """The probe views' augmentation: mild digit warps for grayscale images, pad-and-crop + flip for colour"""
     kind = run.ev.probe_view_augment
     if kind != "auto":
         return kind
@@ -202,7 +202,7 @@ def probe_view_kind(run: EvalRun) -> str:
 
 
 def probe_view_codes(run: EvalRun, copies: int) -> torch.Tensor:
-    """Codes (copies * N, D) of ``copies`` augmented views of every training image, in the order of the images.
+    """Codes (copies * N, D) of ``copies`` augmented views of every training image, in the images' order.
 
     The encoder stays frozen and in eval mode (``torch.inference_mode``); the views are drawn from a generator
     seeded by ``eval.seed``, so the same run always gets the same views.
@@ -227,11 +227,13 @@ def _probe_views_protocol(run: EvalRun) -> str:
     ev, kind = run.ev, probe_view_kind(run)
     what = (f"rotation +-{ev.probe_view_rotation_deg} deg, shift +-{ev.probe_view_translate:g} of the side"
             if kind == "digits" else "pad-4 random crop and horizontal flip")
-    return (f"; its training set also holds the codes of {ev.probe_views} augmented copies of every training image "
-            f"({kind}: {what}; drawn once, seed {ev.seed + 1}; selection and scores on the clean images)")
+    return (f"; its training set also holds the codes of {ev.probe_views} augmented copies of every training "
+            f"image ({kind}: {what}; drawn once, seed {ev.seed + 1}; selection and scores on the clean "
+            "images)")
 
 
-def _fit_mlp_probe(run: EvalRun, z: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> probes.ProbeResult:
+def _fit_mlp_probe(run: EvalRun, z: dict[str, torch.Tensor],
+                   y: dict[str, torch.Tensor]) -> probes.ProbeResult:
     ev, m, spec = run.ev, run.cfg.model, run.splits.spec
     torch.manual_seed(ev.seed)  # the probe's initial weights
     head = ClassifierHead(z["train"].shape[1], m.classifier_hidden, spec.num_classes, m.classifier_dropout)
@@ -241,15 +243,18 @@ def _fit_mlp_probe(run: EvalRun, z: dict[str, torch.Tensor], y: dict[str, torch.
 
 def _mlp_protocol(run: EvalRun, result: probes.ProbeResult, dims: int, views: str) -> str:
     ev, m, spec = run.ev, run.cfg.model, run.splits.spec
+    scaled = " (standardised by train mean/std)" if ev.probe_standardize else ""
+    decay = f" wd {ev.probe_weight_decay}" if ev.probe_weight_decay else ""
     return (f"MLP {dims}-{m.classifier_hidden}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
-            f"on frozen z{' (standardised by train mean/std)' if ev.probe_standardize else ''}, Adam lr {ev.probe_lr}"
-            f"{f' wd {ev.probe_weight_decay}' if ev.probe_weight_decay else ''}, batch {ev.probe_batch_size}, "
-            f"up to {ev.probe_epochs} epochs with early stopping on val accuracy (patience {ev.probe_patience}; "
-            f"kept epoch {result.best_epoch} of {result.epochs}), seed {ev.seed}{views}")
+            f"on frozen z{scaled}, Adam lr {ev.probe_lr}{decay}, batch {ev.probe_batch_size}, "
+            f"up to {ev.probe_epochs} epochs with early stopping on val accuracy "
+            f"(patience {ev.probe_patience}; kept epoch {result.best_epoch} of {result.epochs}), "
+            f"seed {ev.seed}{views}")
 
 
 def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
-    """The report's classifier probe; with ``eval.probe_views`` also fit on clean codes alone (``probe_mlp_plain_*``)."""
+    """The report's classifier probe; with ``eval.probe_views`` also one fit on the clean codes alone
+    (``probe_mlp_plain_*``)."""
     ev = run.ev
     z, y = _on(emb, "z", run.device), _on(emb, "y", run.device)
     views = probe_view_codes(run, ev.probe_views).to(run.device) if ev.probe_views else None
@@ -263,7 +268,8 @@ def group_probe_mlp(run: EvalRun, emb, samples) -> Scores:
         plain = _fit_mlp_probe(run, z, y)
         for s in ("val", "test"):
             out[f"probe_mlp_plain_{s}_acc"] = plain.scores[s]
-            how[f"probe_mlp_plain_{s}_acc"] = f"{s} accuracy of the {_mlp_protocol(run, plain, dims, '')} (no views)"
+            protocol = _mlp_protocol(run, plain, dims, "")
+            how[f"probe_mlp_plain_{s}_acc"] = f"{s} accuracy of the {protocol} (no views)"
         z = {**z, "train": torch.cat([z["train"], views])}
         y = {**y, "train": y["train"].repeat(1 + ev.probe_views)}
     result = _fit_mlp_probe(run, z, y)
@@ -632,9 +638,9 @@ class Results:
 def metric_groups(run: EvalRun) -> list[tuple[str, list[str], Callable[..., Scores]]]:
     """(stage name, the keys it writes, function) for every metric group that applies to this run."""
     splits3 = embed.SPLITS
+    plain_keys = [f"probe_mlp_plain_{s}_acc" for s in ("val", "test")] if run.ev.probe_views else []
     groups = [
-        ("probe_mlp", [f"probe_mlp_{s}_acc" for s in splits3]
-         + ([f"probe_mlp_plain_{s}_acc" for s in ("val", "test")] if run.ev.probe_views else []), group_probe_mlp),
+        ("probe_mlp", [f"probe_mlp_{s}_acc" for s in splits3] + plain_keys, group_probe_mlp),
         ("probe_linear", [f"probe_linear_{s}_acc" for s in splits3], group_probe_linear),
         ("knn", ["knn_val_acc", "knn_test_acc"], group_knn),
     ]

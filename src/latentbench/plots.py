@@ -170,8 +170,8 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None
             points = [(row["epoch"], row[f"{split}_{stat}"]) for row in history if f"{split}_{stat}" in row]
             if points:
                 values += [v for _, v in points]
-                ax.plot(*zip(*points), color=color, marker=marker if len(points) <= 40 else None, markersize=3,
-                        label=split)
+                shown = marker if len(points) <= 40 else None
+                ax.plot(*zip(*points), color=color, marker=shown, markersize=3, label=split)
         log = _wide_positive_range(values)
         if log:
             ax.set_yscale("log")  # errors that fall by orders of magnitude: the late epochs stay visible

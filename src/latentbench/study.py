@@ -54,10 +54,10 @@ DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 # EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
 # baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
 # TSNE; with probe views (eval.probe_views) the MLP probe is fitted again on (1 + views) x n_train codes
-# (MLP_PROBE_VIEWS) after encoding views x n_train more images. Training (its TRAIN_COMPUTE_SHARE) and embedding costs scale with the model's multiply-accumulates
-# per image against the default widths' (compute_scale). Early stopping and a faster machine make real runs
-# shorter; the ETA printed during the study rescales the remaining estimate by how long the finished runs
-# took against theirs.
+# (MLP_PROBE_VIEWS) after encoding views x n_train more images. Training (its TRAIN_COMPUTE_SHARE) and
+# embedding costs scale with the model's multiply-accumulates per image against the default widths'
+# (compute_scale). Early stopping and a faster machine make real runs shorter; the ETA printed during the
+# study rescales the remaining estimate by how long the finished runs took against theirs.
 # The conv rows were re-measured in sessions 5-6 (2 threads, idle, full-length recipes at widths 32-256,
 # docs/results.md): autoencoder 704 s, supervised 466 s, contrastive + denoising 1,760 s for 20 epochs of
 # 45,000 + 5,000 images, i.e. 7.5e-4 / 5.0e-4 / 1.9e-3 s per image; kept ~20% above that.
