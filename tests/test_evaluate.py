@@ -12,7 +12,7 @@ from latentbench.cli import main
 from latentbench.config import ConfigError, load_config
 from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
                                   choose_samples, evaluate, evaluate_run, load_run, probe_view_codes,
-                                  probe_view_kind)
+                                  probe_view_copies, probe_view_kind)
 from latentbench.io import RunFileError, safe_torch_load
 from latentbench.train import train
 
@@ -158,8 +158,12 @@ def test_auto_threads_leave_busy_cores_alone(monkeypatch):
 @pytest.mark.parametrize("channels, kind", [(1, "digits"), (3, "crop_flip")])
 def test_probe_view_codes_are_seeded_augmented_codes_of_every_training_image(tmp_path, channels, kind):
     cfg = tiny_config(tmp_path, "autoencoder", channels=channels, size=16, extra=FAST)
-    run = load_run(train(cfg))
-    assert probe_view_kind(run) == kind
+    run_dir = train(cfg)
+    auto = load_run(run_dir)
+    assert probe_view_kind(auto) == ("digits" if channels == 1 else "none")  # colour: off unless asked for
+    assert probe_view_copies(auto) == (2 if channels == 1 else 0)
+    run = load_run(run_dir, [f'eval.probe_view_augment="{kind}"'])
+    assert probe_view_kind(run) == kind and probe_view_copies(run) == 2
     before = {k: v.clone() for k, v in run.objective.encoder.state_dict().items()}
     codes = probe_view_codes(run, 2)
     n = len(run.splits.train.y)

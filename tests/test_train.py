@@ -54,6 +54,20 @@ def test_early_stopping_stops_and_best_checkpoint_is_the_best_epoch(tiny):
     assert "early stopping" in info["stop_reason"]
 
 
+def test_monitor_last_keeps_the_final_epoch_as_the_best_checkpoint(tiny):
+    cfg = tiny("contrastive", extra=["train.epochs=4", "train.patience=0", 'train.monitor="last"', "train.lr=0.05"])
+    run = train(cfg)
+    best = safe_torch_load(run / "checkpoints" / "best.pt")
+    last = safe_torch_load(run / "checkpoints" / "last.pt")
+    assert best["epoch"] == 4 == last["epoch"]
+    assert all(torch.equal(best["objective"][k], last["objective"][k]) for k in last["objective"])
+    assert json.loads((run / "run_info.json").read_text())["best_epoch"] == 4
+    with pytest.raises(Exception, match="train.patience = 0"):
+        train(tiny("contrastive", extra=["train.patience=3", 'train.monitor="last"', 'name="other"']))
+    with pytest.raises(ValueError, match="choose one of: last, "):
+        train(tiny("contrastive", extra=['train.monitor="acc"', 'name="third"']))
+
+
 def test_max_steps_is_a_tiny_budget_mode(tiny):
     run = train(tiny("contrastive", extra=["train.max_steps=3", "train.epochs=10"]))
     info = json.loads((run / "run_info.json").read_text())

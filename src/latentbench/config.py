@@ -106,7 +106,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine | onecycle
     warmup_epochs: float = 0.0  # linear warm-up for cosine
     patience: int = 5  # early stopping: epochs without validation improvement (0 = off)
-    monitor: str = "auto"  # validation stat to select on; auto = objective's own
+    monitor: str = "auto"  # validation stat to select on; auto = objective's own; last = the final epoch
     seed: int = 0
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch CPU threads; 0 = number of usable cores
@@ -147,7 +147,7 @@ class EvalConfig:
     pca_dims: int = 128  # the pixel-PCA baseline's dimensions (= the report's latent size)
     # added in session 7: the MLP probe's training codes include codes of mildly augmented training images
     probe_views: int = 2  # augmented copies of each training image in the MLP probe's training set (0 = off)
-    probe_view_augment: str = "auto"  # auto (digits for 1 channel, crop_flip otherwise) | digits | crop_flip
+    probe_view_augment: str = "auto"  # auto (digits for 1 channel, none otherwise) | digits | crop_flip | none
     probe_view_rotation_deg: float = 5.0  # digits views: rotation in [-deg, deg]
     probe_view_translate: float = 0.05  # digits views: shift as a fraction of the side (1.4 px on MNIST)
 
@@ -181,7 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.sync_batchnorm": ("auto", "on", "off"),
-    "eval.probe_view_augment": ("auto", "digits", "crop_flip"),
+    "eval.probe_view_augment": ("auto", "digits", "crop_flip", "none"),
 }
 
 POSITIVE = {

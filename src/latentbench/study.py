@@ -303,7 +303,9 @@ def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
     share = TRAIN_COMPUTE_SHARE[(kind, cfg.objective.name)]
     per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)] * (1 - share + share * scale)
     train = epochs * (n_train + n_val / 3) * per_image
-    views = cfg.eval.probe_views
+    view_kind = cfg.eval.probe_view_augment
+    views_on = view_kind not in ("auto", "none") or (view_kind == "auto" and _image_shape(cfg, run.dataset)[0] == 1)
+    views = cfg.eval.probe_views if views_on else 0  # as evaluate.probe_view_copies decides
     evaluation = (EVAL_FIXED_SECONDS
                   + (n_train * (1 + views) + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
                   + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)

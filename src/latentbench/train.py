@@ -337,7 +337,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.objective.parameters(), self.cfg, self.device)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
         monitor = t.monitor if t.monitor != "auto" else self.objective.monitor
-        mode = self.objective.mode if t.monitor == "auto" else ("max" if "acc" in monitor else "min")
+        mode = self.objective.mode if t.monitor == "auto" else ("max" if "acc" in monitor or monitor == "last"
+                                                                else "min")
+        if monitor == "last" and t.patience:
+            raise ConfigError(f"train.monitor = 'last' keeps the final epoch, so nothing can stop early: set "
+                              f"train.patience = 0 (it is {t.patience})")
         self.monitor = monitor
         self.early = EarlyStopping(mode, t.patience)
         self.amp = amp_dtype(t.amp, self.device)
@@ -628,12 +632,19 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float) -> None:
+    def _monitored(self, val_stats: dict[str, float]) -> float:
+        """The value the best checkpoint is selected on; with ``train.monitor = 'last'`` the epoch number, so
+        every epoch is the best so far and ``best.pt`` is the final epoch."""
+        if self.monitor == "last":
+            return float(self.epoch + 1)
         key = f"val_{self.monitor}"
         if key not in val_stats:
             raise ValueError(f"train.monitor = '{self.monitor}' is not a validation statistic of this objective; "
-                             f"choose one of: {', '.join(k[4:] for k in val_stats)}")
-        improved = self.early.update(val_stats[key], self.epoch)
+                             f"choose one of: last, {', '.join(k[4:] for k in val_stats)}")
+        return val_stats[key]
+
+    def _end_epoch(self, train_stats: dict[str, float], val_stats: dict[str, float], seconds: float) -> None:
+        improved = self.early.update(self._monitored(val_stats), self.epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         row = {"epoch": self.epoch + 1, "step": self.step, "seconds": round(seconds, 3), "lr": lr,
                **train_stats, **val_stats}
