@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentbench import config as config_module
 from latentbench import embed, metrics, plots, probes
 from latentbench.augment import augment, view_kind
 from latentbench.config import AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
@@ -194,13 +195,8 @@ def _on(emb: dict[str, dict[str, torch.Tensor]], key: str, device: torch.device)
 
 
 def probe_view_kind(run: EvalRun) -> str:
-    """The probe views' augmentation. ``auto``: mild digit warps for grayscale images, none for colour ones
-    (on CIFAR-10 contrastive codes pad-and-crop + flip views cost the MLP probe 0.5-0.7 pt of validation
-    accuracy in two of three runs; docs/evaluation.md)."""
-    kind = run.ev.probe_view_augment
-    if kind != "auto":
-        return kind
-    return "digits" if run.splits.spec.channels == 1 else "none"
+    """The probe views' augmentation for this run's images (see :func:`config.probe_view_kind`)."""
+    return config_module.probe_view_kind(run.ev.probe_view_augment, run.splits.spec.channels)
 
 
 def probe_view_copies(run: EvalRun) -> int:
@@ -227,7 +223,7 @@ def probe_view_codes(run: EvalRun, copies: int) -> torch.Tensor:
                 if run.channels_last:
                     view = view.contiguous(memory_format=torch.channels_last)
                 codes.append(encoder(view).float().cpu())
-    return torch.cat(codes).clone()
+    return torch.cat(codes)  # a new, ordinary tensor: cat runs outside inference_mode
 
 
 def _probe_views_protocol(run: EvalRun) -> str:
