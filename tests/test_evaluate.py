@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -200,3 +201,11 @@ def test_learning_curves_use_a_log_scale_for_errors_that_fall_by_orders_of_magni
     plots.plot_curves(history, tmp_path / "curves.png", "t")
     assert scales == {"mae (log scale)": "log", "acc": "linear"}
     assert plots._wide_positive_range([0.1, 2.0]) and not plots._wide_positive_range([-1.0, 20.0])
+
+
+def test_load_run_takes_a_studys_evaluation_settings_then_the_overrides(ae_run):
+    saved = load_run(ae_run).ev
+    wanted = dataclasses.replace(saved, probe_patience=saved.probe_patience + 7, knn_k=3)
+    run = load_run(ae_run, ["eval.knn_k=5"], None, wanted)
+    assert run.ev.probe_patience == saved.probe_patience + 7 and run.ev.knn_k == 5
+    assert run.cfg.train == load_run(ae_run).cfg.train  # only the eval section is replaced

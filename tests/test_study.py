@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from latentbench import study
-from latentbench.config import ConfigError, RunConfig, load_config
+from latentbench.config import ConfigError, EvalConfig, RunConfig, load_config
 from latentbench.io import atomic_write_json
 from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset,
                                plan_study, recipe_path, reproduce, run_state)
@@ -84,11 +85,13 @@ class Calls:
         self.trained.append((run_dir.name, resume))
         return study._default_train(cfg, run_dir, resume, splits)
 
-    def evaluate(self, run_dir: Path, splits) -> dict:
+    def evaluate(self, run_dir: Path, splits, eval_settings) -> dict:
+        self.eval_settings = eval_settings
         if self.fail_eval_at and len(self.evaluated) + 1 == self.fail_eval_at:
             atomic_write_json(run_dir / "metrics.json", {"metrics": {}, "figures": {"tsne": "figures/tsne.png"}})
             raise KeyboardInterrupt  # metrics.json of a half-done evaluation: its figure is missing
         self.evaluated.append(run_dir.name)
+        atomic_write_json(run_dir / "eval_state.json", {"eval": dataclasses.asdict(eval_settings)})
         (run_dir / "figures").mkdir(exist_ok=True)
         (run_dir / "figures" / "tsne.png").write_bytes(b"png")
         atomic_write_json(run_dir / "metrics.json", {"run": run_dir.name, "metrics": {}, "protocol": {},
@@ -178,6 +181,23 @@ def test_changed_settings_are_refused_not_mixed(tmp_path):
     # where the data lives or which device runs it does not change what a run computes
     quiet_reproduce(out, Calls(), datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"],
                     data_root=str(tmp_path), device="cpu")
+
+
+def test_changed_evaluation_settings_re_evaluate_every_run_without_retraining(tmp_path):
+    out = tmp_path / "study"
+    trained = Calls()
+    quiet_reproduce(out, trained, datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+    assert trained.eval_settings.probe_patience == EvalConfig().probe_patience
+    # a new evaluation default (or an eval.* override) is not a different training: evaluate again, train nothing
+    again = Calls()
+    quiet_reproduce(out, again, datasets=["mnist"], seeds=1,
+                    extra_overrides=["train.max_steps=2", "eval.probe_patience=3"])
+    assert again.trained == [] and sorted(again.evaluated) == sorted(name for name, _ in trained.trained)
+    assert again.eval_settings.probe_patience == 3
+    settled = Calls()
+    quiet_reproduce(out, settled, datasets=["mnist"], seeds=1,
+                    extra_overrides=["train.max_steps=2", "eval.probe_patience=3"])
+    assert settled.trained == [] and settled.evaluated == []
 
 
 # ---------------------------------------------------------------------------------------- end to end

@@ -100,14 +100,17 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def eval_config(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """The run's saved config with ``eval.*`` (and data-root / device) overrides applied."""
+def eval_config(run_dir: Path, overrides: list[str], eval_settings: EvalConfig | None = None) -> RunConfig:
+    """The run's saved config, its ``eval`` section replaced by ``eval_settings`` when given, with ``eval.*``
+    (and data-root / device) overrides applied."""
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         if not key.startswith(EVAL_OVERRIDABLE):
             raise ConfigError(f"eval --set '{text}': only eval.* keys (and data.root, train.device, train.threads) "
                               "can be changed at evaluation time; the rest of the config belongs to the trained run")
     cfg = resume_config(run_dir)
+    if eval_settings is not None:
+        cfg = dataclasses.replace(cfg, eval=eval_settings)
     return from_dict(apply_overrides(cfg.to_dict(), overrides)) if overrides else cfg
 
 
@@ -128,10 +131,14 @@ def eval_threads(requested: int) -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits | None = None) -> EvalRun:
-    """Rebuild the run's objective from its config and load its best (else last) checkpoint, in eval mode."""
+def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits | None = None,
+             eval_settings: EvalConfig | None = None) -> EvalRun:
+    """Rebuild the run's objective from its config and load its best (else last) checkpoint, in eval mode.
+
+    ``eval_settings`` (a study's) replace the run's saved ``eval`` section before ``overrides`` apply.
+    """
     paths = RunPaths(Path(run_dir))
-    cfg = eval_config(paths.root, list(overrides or []))
+    cfg = eval_config(paths.root, list(overrides or []), eval_settings)
     checkpoint = paths.best if paths.best.exists() else paths.last
     if not checkpoint.exists():
         raise RunFileError(f"'{paths.root}' holds no checkpoint ({paths.best.name} or {paths.last.name} under "

@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from latentbench.config import (ConfigError, ModelConfig, RunConfig, apply_overrides, flatten, from_dict,
-                               probe_view_kind, read_toml)
+from latentbench.config import (ConfigError, EvalConfig, ModelConfig, RunConfig, apply_overrides, flatten,
+                               from_dict, probe_view_kind, read_toml)
 from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
@@ -381,10 +381,14 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
 
 
 def check_same_settings(run: PlannedRun) -> None:
+    """Refuse a run directory trained with other settings. The ``eval`` section is not compared: the study
+    evaluates every run with its own evaluation settings (:func:`evaluated_as_planned` re-evaluates)."""
     path = run.run_dir / "config.json"
     if not path.is_file():
         return
-    diffs = config_differences(read_json(path), run.config.to_dict())
+    trained = {k: v for k, v in read_json(path).items() if k != "eval"}
+    wanted = {k: v for k, v in run.config.to_dict().items() if k != "eval"}
+    diffs = config_differences(trained, wanted)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ConfigError(
@@ -395,11 +399,12 @@ def check_same_settings(run: PlannedRun) -> None:
 
 
 # ------------------------------------------------------------------------------------------ running
-def _default_evaluate(run_dir: Path, splits) -> dict:
-    """``latentbench eval RUN_DIR`` on the study's already decoded dataset (it skips finished stages)."""
+def _default_evaluate(run_dir: Path, splits, eval_settings: EvalConfig) -> dict:
+    """``latentbench eval RUN_DIR`` on the study's already decoded dataset, with the study's evaluation
+    settings (they may differ from those saved with the run); it skips finished stages."""
     from latentbench.evaluate import evaluate, load_run
 
-    return evaluate(load_run(run_dir, None, splits))
+    return evaluate(load_run(run_dir, None, splits, eval_settings))
 
 
 def _default_train(cfg: RunConfig, run_dir: Path, resume: bool, splits) -> Path:
@@ -507,7 +512,7 @@ def study_state(run: PlannedRun) -> str:
 
 
 def run_one(run: PlannedRun, state: str, tag: str, splits: Callable[[], Any], train_fn: Callable[..., Path],
-            evaluate_fn: Callable[[Path, Any], dict], say: Callable[[str], None]) -> bool:
+            evaluate_fn: Callable[[Path, Any, EvalConfig], dict], say: Callable[[str], None]) -> bool:
     """Train (or resume) and evaluate one run as its ``state`` requires; False when its training diverged."""
     from latentbench.train import TrainingDiverged
 
@@ -520,7 +525,7 @@ def run_one(run: PlannedRun, state: str, tag: str, splits: Callable[[], Any], tr
             say(f"{tag}: diverged ({err}); continuing with the next run")
             return False
     say(f"{tag}: evaluating")
-    evaluate_fn(run.run_dir, splits())
+    evaluate_fn(run.run_dir, splits(), run.config.eval)
     return True
 
 
@@ -529,11 +534,11 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
               extra_overrides: list[str] | None = None, *, report: bool = True,
               log: Callable[[str], None] | None = None,
               train_fn: Callable[..., Path] | None = None,
-              evaluate_fn: Callable[[Path, Any], dict] | None = None) -> Path:
+              evaluate_fn: Callable[[Path, Any, EvalConfig], dict] | None = None) -> Path:
     """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
 
-    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits)`` default to the package's
-    training and evaluation; tests swap them to count calls.
+    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits, eval_settings)`` default to
+    the package's training and evaluation; tests swap them to count calls.
     """
     from latentbench.train import TrainingInterrupted
 
