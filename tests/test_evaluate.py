@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 
 from latentbench.cli import main
-from latentbench.config import ConfigError, load_config
+from latentbench.config import ConfigError, EvalConfig, load_config
 from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
                                   choose_samples, evaluate, evaluate_run, load_run, probe_view_codes,
                                   probe_view_copies, probe_view_kind)
@@ -186,8 +186,8 @@ def test_probe_view_codes_are_seeded_augmented_codes_of_every_training_image(tmp
     run_dir = train(cfg)
     auto = load_run(run_dir)
     assert probe_view_kind(auto) == ("digits" if channels == 1 else "none")  # colour: off unless asked for
-    assert probe_view_copies(auto) == (2 if channels == 1 else 0)
-    run = load_run(run_dir, [f'eval.probe_view_augment="{kind}"'])
+    assert probe_view_copies(auto) == (EvalConfig().probe_views if channels == 1 else 0)
+    run = load_run(run_dir, [f'eval.probe_view_augment="{kind}"', "eval.probe_views=2"])
     assert probe_view_kind(run) == kind and probe_view_copies(run) == 2
     before = {k: v.clone() for k, v in run.objective.encoder.state_dict().items()}
     codes = probe_view_codes(run, 2)
