@@ -188,7 +188,7 @@ def test_changed_evaluation_settings_re_evaluate_every_run_without_retraining(tm
     trained = Calls()
     quiet_reproduce(out, trained, datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
     assert trained.eval_settings.probe_patience == EvalConfig().probe_patience
-    # a new evaluation default (or an eval.* override) is not a different training: evaluate again, train nothing
+    # a new evaluation default (or an eval.* override) is not another training: evaluate again, train nothing
     again = Calls()
     quiet_reproduce(out, again, datasets=["mnist"], seeds=1,
                     extra_overrides=["train.max_steps=2", "eval.probe_patience=3"])

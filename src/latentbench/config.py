@@ -147,8 +147,9 @@ class EvalConfig:
     tsne_iters: int = 250  # openTSNE iterations after early exaggeration (its default 500: 2x slower, same trust)
     pca_dims: int = 128  # the pixel-PCA baseline's dimensions (= the report's latent size)
     # added in session 7: the MLP probe's training codes include codes of mildly augmented training images
-    # augmented copies of each training image in the MLP probe's training set (0 = off). MNIST AE probe, mean
-    # val over seeds 0-2 (session 8): 2 copies / patience 10 97.82%, 2 / 20 97.84%, 4 / 10 97.75%, 4 / 20 97.85%
+    # augmented copies of each training image in the MLP probe's training set (0 = off). MNIST AE probe,
+    # mean val over seeds 0-2 (session 8), copies / patience: 2 / 10 97.82%, 2 / 20 97.84%, 4 / 10 97.75%,
+    # 4 / 20 97.85%
     probe_views: int = 4
     probe_view_augment: str = "auto"  # auto (digits for 1 channel, none otherwise) | digits | crop_flip | none
     probe_view_rotation_deg: float = 5.0  # digits views: rotation in [-deg, deg]
