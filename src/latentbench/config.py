@@ -183,6 +183,11 @@ def probe_view_kind(requested: str, channels: int) -> str:
     return "digits" if channels == 1 else "none"
 
 
+def probe_view_copies(ev: EvalConfig, channels: int) -> int:
+    """How many augmented copies of each training image the MLP probe trains on (0 when the views are off)."""
+    return ev.probe_views if probe_view_kind(ev.probe_view_augment, channels) != "none" else 0
+
+
 TRAINING_AUGMENTS = ("none", "crop_flip", "digits")  # training-input augmentations (not contrastive views)
 CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_loss": ("l1", "mse", "l1+mse", "bce"),

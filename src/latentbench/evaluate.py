@@ -48,7 +48,7 @@ from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, r
 from latentbench.models import ClassifierHead, build_encoder_decoder
 from latentbench.objectives import Objective, build_objective
 from latentbench.train import (RunPaths, configure_threads, load_objective_weights, read_history, resolve_device,
-                               resume_config, usable_cores)
+                               resume_config, usable_cores, usable_cpus)
 
 METRICS_FILE = "metrics.json"
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -120,7 +120,9 @@ def _cpu_times(cpus: set[int]) -> tuple[float, float]:
     with open("/proc/stat") as stat:
         for line in stat:
             name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            if not name.startswith("cpu"):
+                break  # the per-CPU lines come first
+            if name[3:].isdigit() and int(name[3:]) in cpus:
                 values = [float(v) for v in fields[:8]]  # user..steal; guest time is already in user
                 total += sum(values)
                 idle += values[3] + values[4]
@@ -134,7 +136,7 @@ def cpus_busy_elsewhere(window: float = 0.25) -> float | None:
     Unlike the load average, it does not count this process's own recent work: in a study, the training
     that just finished kept the 1-minute load average near 2 and every evaluation ran on one thread.
     """
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = usable_cpus()
     try:
         total0, idle0 = _cpu_times(cpus)
         own0 = sum(os.times()[:2])
@@ -246,7 +248,7 @@ def probe_view_kind(run: EvalRun) -> str:
 
 def probe_view_copies(run: EvalRun) -> int:
     """How many augmented copies of the training images the MLP probe trains on (0 when the views are off)."""
-    return run.ev.probe_views if probe_view_kind(run) != "none" else 0
+    return config_module.probe_view_copies(run.ev, run.splits.spec.channels)
 
 
 def probe_view_codes(run: EvalRun, copies: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.config import (ConfigError, EvalConfig, ModelConfig, RunConfig, apply_overrides, flatten,
-                               from_dict, probe_view_kind, read_toml)
+                               from_dict, probe_view_copies, read_toml)
 from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
@@ -303,8 +303,7 @@ def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
     share = TRAIN_COMPUTE_SHARE[(kind, cfg.objective.name)]
     per_image = TRAIN_SECONDS_PER_IMAGE[(kind, cfg.objective.name)] * (1 - share + share * scale)
     train = epochs * (n_train + n_val / 3) * per_image
-    view_kind = probe_view_kind(cfg.eval.probe_view_augment, _image_shape(cfg, run.dataset)[0])
-    views = cfg.eval.probe_views if view_kind != "none" else 0
+    views = probe_view_copies(cfg.eval, _image_shape(cfg, run.dataset)[0])
     evaluation = (EVAL_FIXED_SECONDS
                   + (n_train * (1 + views) + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
                   + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)

@@ -66,11 +66,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def usable_cores() -> int:
+def usable_cpus() -> set[int]:
+    """The CPU numbers this process may run on (all of them where the OS has no affinity call)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    return len(usable_cpus())
 
 
 def configure_threads(threads: int, world_size: int = 1) -> int:
