@@ -65,6 +65,8 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ("train.lr=inf", "train.lr must be a finite number, got inf"),
     ("objective.temperature=-inf", "objective.temperature must be a finite number, got -inf"),
     ('train.schedule="cosin"', "train.schedule = 'cosin' is not one of: constant, cosine, onecycle"),
+    ('train.optimizer="lamb"', "train.optimizer = 'lamb' is not one of: adam, sgd"),
+    ("train.momentum=1.5", "train.momentum must lie in [0, 1], got 1.5"),
     ("model.conv_widths=[8, 16]", "model.conv_widths must list 4 widths"),
     ("augment.crop_scale=[0.9, 0.1]", "augment.crop_scale must be [low, high] with 0 < low <= high"),
 ])

@@ -174,6 +174,22 @@ def test_onecycle_schedule_resumes_exactly(tiny, tmp_path, monkeypatch):
     assert_identical_runs(whole, run)
 
 
+def test_nesterov_sgd_with_onecycle_resumes_exactly(tiny, tmp_path, monkeypatch):
+    extra = ['train.schedule="onecycle"', 'train.optimizer="sgd"', "train.lr=0.05", "train.weight_decay=5e-4"]
+    whole = train(small(tiny, "supervised", "conv", 3, extra), tmp_path / "whole")
+    run = tmp_path / "split"
+    interrupt_at(monkeypatch, [7])
+    with pytest.raises(TrainingInterrupted):
+        train(small(tiny, "supervised", "conv", 3, extra), run)
+    monkeypatch.undo()
+    train(small(tiny, "supervised", "conv", 3, extra), run, resume=True)
+    assert_identical_runs(whole, run)
+    saved = safe_torch_load(run / "checkpoints/last.pt")["optimizer"]
+    assert all("momentum_buffer" in state for state in saved["state"].values())  # SGD's state, not Adam's
+    group = saved["param_groups"][0]
+    assert group["nesterov"] and group["weight_decay"] == 5e-4
+
+
 def test_resume_refuses_a_longer_budget_for_a_scheduled_run(tiny, tmp_path):
     run = train(small(tiny, "autoencoder", "mlp", 1, ['train.schedule="cosine"']), tmp_path / "run")
     with pytest.raises(ConfigError, match="cannot change train.epochs from 1 to 3 .*'cosine' learning-rate schedule"):

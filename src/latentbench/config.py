@@ -101,8 +101,10 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 128  # global batch (split across ranks under torchrun)
-    lr: float = 1e-3  # Adam learning rate (report)
-    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    optimizer: str = "adam"  # adam (the report's; AdamW when weight_decay > 0) | sgd (Nesterov momentum)
+    lr: float = 1e-3  # peak learning rate (report: Adam 1e-3)
+    momentum: float = 0.9  # sgd only: Nesterov momentum (one-cycle cycles it between 0.85 and 0.95)
+    weight_decay: float = 0.0  # adam: decoupled (AdamW) when > 0; sgd: L2 added to the gradient
     schedule: str = "constant"  # constant | cosine | onecycle
     warmup_epochs: float = 0.0  # linear warm-up for cosine
     patience: int = 5  # early stopping: epochs without validation improvement (0 = off)
@@ -197,6 +199,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.input_augment": (*TRAINING_AUGMENTS, "color"),  # a corruption, so SimCLR's views fit too
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
+    "train.optimizer": ("adam", "sgd"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
     "train.sync_batchnorm": ("auto", "on", "off"),
     "eval.probe_view_augment": ("auto", "digits", "crop_flip", "none"),
@@ -223,7 +226,7 @@ NON_NEGATIVE = {
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
     "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
-    "objective.input_augment_p", "objective.input_augment_until",
+    "objective.input_augment_p", "objective.input_augment_until", "train.momentum",
 }
 
 

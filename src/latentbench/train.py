@@ -3,7 +3,7 @@
     latentbench train configs/mnist_supervised.toml --set train.epochs=5
     latentbench train --resume runs/mnist_supervised_s0
 
-Per epoch: training steps (Adam/AdamW, optional cosine or one-cycle schedule), a validation pass on the
+Per epoch: training steps (Adam/AdamW or Nesterov SGD, optional cosine or one-cycle schedule), a validation pass on the
 held-out split, early stopping on the objective's validation statistic, ``best`` and ``last``
 checkpoints and one row of ``history.csv``. A checkpoint holds everything needed to continue exactly:
 weights, optimizer, scheduler, epoch and batch position, early-stopping state, every RNG state and the
@@ -168,6 +168,8 @@ def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.
     # benchmarks/README.md); foreach elsewhere (MPS).
     fused = device.type in ("cuda", "cpu")
     opts = {"lr": t.lr, "fused": True} if fused else {"lr": t.lr, "foreach": True}
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay, **opts)
     if t.weight_decay > 0:
         return torch.optim.AdamW(params, weight_decay=t.weight_decay, **opts)
     return torch.optim.Adam(params, **opts)
