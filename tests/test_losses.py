@@ -5,7 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from latentbench.losses import binary_cross_entropy, classification_loss, nt_xent, reconstruction_loss
+from latentbench.losses import (binary_cross_entropy, classification_loss, nt_xent, reconstruction_loss,
+                               sigmoid_bce)
 
 
 def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,6 +78,33 @@ def test_binary_cross_entropy_matches_pytorch_in_value_and_gradients():
     assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12)
     assert a_hat.grad[0, 0, 0, :3].eq(0).all()  # clamped pixels get no gradient
     assert torch.autograd.gradcheck(lambda t: binary_cross_entropy(t, x), (x_hat.clamp(0.1, 0.9).requires_grad_(),))
+
+def test_sigmoid_bce_matches_bce_with_logits_in_value_and_gradients():
+    """Against F.binary_cross_entropy_with_logits in float64, with logits far into both tails (where
+    sigmoid rounds to 0 or 1), hard and soft targets, a channels_last layout, and gradients to both."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 6, 6, dtype=torch.float64) * 4
+    logits[0, 0, 0, :4] = torch.tensor([-60.0, 60.0, -800.0, 800.0])
+    x = torch.rand(4, 3, 6, 6, dtype=torch.float64)
+    x[1] = (x[1] > 0.5).double()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        a, a_x = (logits.clone(memory_format=layout).requires_grad_(),
+                  x.clone(memory_format=layout).requires_grad_())
+        b, b_x = logits.clone().requires_grad_(), x.clone().requires_grad_()
+        ours, x_hat = sigmoid_bce(a, a_x)
+        theirs = F.binary_cross_entropy_with_logits(b, b_x)
+        assert torch.allclose(ours, theirs, rtol=1e-13)
+        assert torch.equal(x_hat, torch.sigmoid(logits)) and not x_hat.requires_grad
+        ours.backward()
+        theirs.backward()
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-15)
+        assert torch.allclose(a_x.grad, b_x.grad, rtol=1e-10, atol=1e-15)
+    small = (torch.randn(2, 5, dtype=torch.float64).requires_grad_(), torch.rand(2, 5, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda t, y: sigmoid_bce(t, y)[0], small)
+    # away from the clamp it is the BCE of the probabilities (the `bce` reconstruction loss)
+    p = torch.sigmoid(logits[1:])
+    assert torch.allclose(sigmoid_bce(logits[1:], x[1:])[0], binary_cross_entropy(p, x[1:]), rtol=1e-10)
+
 
 def test_classification_loss_reference():
     logits, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])

@@ -45,13 +45,42 @@ def test_skip_decoder_uses_encoder_maps():
     assert not torch.allclose(dec(z, skips), dec(z, None))
 
 
+@pytest.mark.parametrize("encoder,skips,side", [("mlp", False, 28), ("conv", False, 28), ("conv", True, 28),
+                                                      ("conv", True, 32)])
+def test_decoders_are_the_sigmoid_of_their_logits_and_bce_trains_through_them(encoder, skips, side):
+    """``decoder(z) == sigmoid(decoder.logits(z))``, also where the conv decoder resizes (28x28; with skips
+    its maps are resized to the encoder's 7x7 before they are added), and a
+    ``bce`` autoencoder gets the gradients of BCE on ``decoder(z)`` through the logits path."""
+    spec = DatasetSpec("mnist", 1, side, side, tuple("0123456789"), (0.13,), (0.31,))
+    cfg = cfg_for(encoder, "autoencoder", f"model.skips={str(skips).lower()}", 'objective.recon_loss="bce"')
+    torch.manual_seed(0)
+    objective = build_objective(spec, cfg).double()
+    x = torch.rand(6, 1, side, side, dtype=torch.float64)
+    z, maps = objective.encoder.features(x)
+    x_hat = objective.decoder(z, maps)
+    assert x_hat.shape == x.shape and torch.equal(x_hat, torch.sigmoid(objective.decoder.logits(z, maps)))
+    loss, stats = objective((x, torch.zeros(6, dtype=torch.long)))
+    loss.backward()
+    ours = [p.grad.clone() for p in objective.parameters()]
+    objective.zero_grad()
+    z, maps = objective.encoder.features(x)
+    x_hat = objective.decoder(z, maps)
+    reference = torch.nn.functional.binary_cross_entropy(x_hat, x)
+    reference.backward()
+    assert torch.allclose(loss, reference, rtol=1e-10)
+    assert torch.isclose(stats["mae"].double(), (x_hat - x).abs().mean(), rtol=1e-6)
+    for a, p in zip(ours, objective.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-7, atol=1e-12)
+
+
 def test_report_architectures():
     cfg = load_config(None, [])
     enc, dec = build_encoder_decoder(DatasetSpec("mnist", 1, 28, 28, tuple("0123456789"), (0.13,), (0.31,)),
                                      cfg.model)
     linears = [m for m in enc.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 128), (128, 128)]
-    assert isinstance(list(dec.modules())[-1], torch.nn.Sigmoid)
+    z = torch.randn(5, 128)
+    assert torch.equal(dec(z), torch.sigmoid(dec.logits(z)))  # a sigmoid output: pixels in (0, 1)
     conv, _ = build_encoder_decoder(RGB, cfg.model)
     assert isinstance(conv, ConvEncoder)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in conv.modules()) == 4

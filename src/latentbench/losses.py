@@ -1,6 +1,7 @@
 """Pure loss functions of tensors plus explicit hyper-parameters (no globals, no modules).
 
 * :func:`reconstruction_loss` - mean L1 or squared error per pixel.
+* :func:`sigmoid_bce` - binary cross-entropy of ``sigmoid(logits)``, computed from the logits in one pass.
 * :func:`classification_loss` - cross-entropy with optional label smoothing.
 * :func:`nt_xent` - SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, eq. 1),
   optionally with negatives gathered from every rank of a distributed run.
@@ -60,6 +61,47 @@ class _ClampedBCE(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = (log_q - log_p) * scale
         return grad_x_hat, grad_x, None
+
+
+def sigmoid_bce(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean binary cross-entropy of ``x_hat = sigmoid(logits)`` against soft targets ``x`` in [0, 1], and
+    ``x_hat`` itself (detached: for metrics and figures).
+
+    The value is ``mean(softplus(l) - x * l)``, i.e. ``F.binary_cross_entropy_with_logits(logits, x)``, and
+    the gradient to the logits is ``(x_hat - x) / n``: one sigmoid, one log and three reductions forward,
+    one fused product backward, instead of a sigmoid, a clamped BCE on probabilities and the backward of
+    both (PyTorch's own kernel goes through the scalar ``log1p``). ``softplus(l)`` is evaluated as
+    ``relu(l) - log(max(x_hat, 1 - x_hat))``: that ``max`` is ``sigmoid(|l|)`` in [0.5, 1], where ``log`` is
+    exact, so no clamp is needed even where ``x_hat`` rounds to 0 or 1 (PyTorch's BCE on probabilities
+    clamps its logs at -100 there). ``tests/test_losses.py`` checks value and gradients in float64.
+    """
+    return _SigmoidBCE.apply(logits, x)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum of ``a * b`` over all elements; one pass when both share a dense memory layout."""
+    if a.shape == b.shape and a.stride() == b.stride() and a.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a * b).sum()
+
+
+class _SigmoidBCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_hat = torch.sigmoid(logits)
+        log_big = torch.maximum(x_hat, 1 - x_hat).log_()  # log(sigmoid(|l|))
+        total = logits.clamp_min(0).sum() - _dot(x, logits) - log_big.sum()
+        ctx.save_for_backward(logits, x, x_hat)
+        ctx.mark_non_differentiable(x_hat)
+        return total / logits.numel(), x_hat
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_x_hat: torch.Tensor | None):
+        logits, x, x_hat = ctx.saved_tensors
+        scale = grad / logits.numel()
+        grad_logits = (x_hat - x).mul_(scale) if ctx.needs_input_grad[0] else None
+        grad_x = logits * -scale if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_x
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -9,6 +9,8 @@ The report's models:
   * Conv (CIFAR-10): four 3x3 conv layers with increasing widths, each BatchNorm + ReLU (strides 1,2,2,2),
     flatten, linear to the latent; decoder: linear, three ConvTranspose2d layers back to full size, Sigmoid.
     With ``skips`` the decoder adds the encoder's feature maps at matching resolutions (U-Net style).
+Decoders also give ``logits(z, skips)``, the reconstruction before its sigmoid, so a binary cross-entropy
+can be computed from the logits (:func:`latentbench.losses.sigmoid_bce`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": n
                "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True)}
 
 
-def _mlp(sizes: list[int], last_activation: nn.Module | None = None, activation: str = "relu",
-         batchnorm: bool = False) -> nn.Sequential:
+def _mlp(sizes: list[int], activation: str = "relu", batchnorm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         hidden = i < len(sizes) - 2
@@ -47,8 +48,6 @@ def _mlp(sizes: list[int], last_activation: nn.Module | None = None, activation:
             if batchnorm:
                 layers.append(nn.BatchNorm1d(b))
             layers.append(ACTIVATIONS[activation]())
-    if last_activation is not None:
-        layers.append(last_activation)
     return nn.Sequential(*layers)
 
 
@@ -80,10 +79,14 @@ class MLPDecoder(nn.Module):
     def __init__(self, spec: DatasetSpec, hidden: list[int], latent_dim: int, activation: str = "relu"):
         super().__init__()
         self.shape = spec.shape
-        self.net = _mlp([latent_dim, *hidden, math.prod(spec.shape)], nn.Sigmoid(), activation)
+        self.net = _mlp([latent_dim, *hidden, math.prod(spec.shape)], activation)
+
+    def logits(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The reconstruction before its sigmoid (what a binary cross-entropy from logits needs)."""
+        return self.net(z).view(-1, *self.shape)
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.net(z).view(-1, *self.shape)
+        return torch.sigmoid(self.logits(z, skips))
 
 
 def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -127,7 +130,7 @@ class ConvEncoder(Encoder):
 
 def _up_block(c_in: int, c_out: int, last: bool) -> nn.Sequential:
     conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=last)
-    return nn.Sequential(conv, nn.Sigmoid()) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(True))
+    return nn.Sequential(conv) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(True))
 
 
 class ConvDecoder(nn.Module):
@@ -146,15 +149,22 @@ class ConvDecoder(nn.Module):
         self.ups = nn.ModuleList(_up_block(a, b, last=i == 2) for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])))
         self.out_size = (spec.height, spec.width)
 
-    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def logits(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The reconstruction before its sigmoid (resized in logit space when the sizes do not divide)."""
         h = self.fc_act(self.fc(z)).view(z.shape[0], -1, *self.side)
         for i, up in enumerate(self.ups):
             if self.use_skips and skips:
-                h = h + skips[3 - i]  # encoder maps at 4x4 (block 4), 8x8 (block 3), 16x16 (block 2)
+                skip = skips[3 - i]  # encoder maps at 4x4 (block 4), 8x8 (block 3), 16x16 (block 2) for 32x32
+                if h.shape[-2:] != skip.shape[-2:]:  # sides that do not halve evenly (28 -> 14 -> 7 -> 4)
+                    h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                h = h + skip
             h = up(h)
         if h.shape[-2:] != self.out_size:
             h = nn.functional.interpolate(h, size=self.out_size, mode="bilinear", align_corners=False)
         return h
+
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z, skips))
 
 
 class ClassifierHead(nn.Module):

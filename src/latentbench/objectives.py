@@ -26,7 +26,7 @@ from torch import nn
 from latentbench.augment import augment, corrupt, view_kind
 from latentbench.config import RunConfig
 from latentbench.data import DatasetSpec
-from latentbench.losses import classification_loss, invariance_loss, nt_xent, reconstruction_loss
+from latentbench.losses import classification_loss, invariance_loss, nt_xent, reconstruction_loss, sigmoid_bce
 from latentbench.models import ClassifierHead, Encoder, ProjectionHead, build_encoder_decoder
 from latentbench.registry import get, register
 
@@ -67,7 +67,21 @@ def perturb_latent(z: torch.Tensor, scale: float) -> torch.Tensor:
 
 def _pixel_errors(x_hat: torch.Tensor, x: torch.Tensor) -> Stats:
     diff = (x_hat.detach() - x).float()
-    return {"mae": diff.abs().mean(), "mse": diff.pow(2).mean()}
+    n = diff.numel()
+    return {"mae": torch.linalg.vector_norm(diff, 1) / n, "mse": torch.linalg.vector_norm(diff, 2).square() / n}
+
+
+def decode_with_loss(decoder: nn.Module, z: torch.Tensor, skips: list[torch.Tensor] | None, x: torch.Tensor,
+                     kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(reconstruction loss, x_hat)`` for the code ``z`` against the target ``x``; the binary
+    cross-entropy is taken from the decoder's logits (:func:`sigmoid_bce`; ``x_hat`` then carries no
+    gradient, which the statistics do not need)."""
+    if kind == "bce" and hasattr(decoder, "logits"):
+        logits = decoder.logits(z, skips)
+        at_least_fp32 = torch.promote_types(logits.dtype, torch.float32)  # float32 under AMP; float64 stays
+        return sigmoid_bce(logits.to(at_least_fp32), x.to(at_least_fp32))
+    x_hat = decoder(z, skips)
+    return reconstruction_loss(x_hat, x, kind), x_hat
 
 
 def mix_rows(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
@@ -105,8 +119,7 @@ class AutoencoderObjective(Objective):
         x_view = self.training_view(x) if self.training else None
         z, skips = self.encoder.features(self.corrupted(x, x_view) if self.training else x)
         z_decoded = perturb_latent(z, self.latent_noise) if self.training and self.latent_noise > 0 else z
-        x_hat = self.decoder(z_decoded, skips)
-        loss = reconstruction_loss(x_hat, x, self.recon_loss)
+        loss, x_hat = decode_with_loss(self.decoder, z_decoded, skips, x, self.recon_loss)
         stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
         if x_view is not None and self.invariance_weight > 0:
             invariance = invariance_loss(self.encoder(x_view), z)
@@ -191,8 +204,7 @@ class ContrastiveObjective(Objective):
         loss = contrastive
         if self.decoder is not None:
             z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
-            x_hat = self.decoder(z, skips)
-            recon = reconstruction_loss(x_hat, x, self.recon_loss)
+            recon, x_hat = decode_with_loss(self.decoder, z, skips, x, self.recon_loss)
             loss = loss + self.recon_weight * recon
             stats.update({"recon": recon.detach(), **_pixel_errors(x_hat, x)})
         stats["loss"] = loss.detach()
