@@ -5,8 +5,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from latentbench.losses import (binary_cross_entropy, classification_loss, nt_xent, reconstruction_loss,
-                               sigmoid_bce)
+from latentbench.losses import (
+    binary_cross_entropy,
+    classification_loss,
+    nt_xent,
+    reconstruction_loss,
+    sigmoid_bce,
+)
 
 
 def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
