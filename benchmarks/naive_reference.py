@@ -14,8 +14,9 @@ is only the pipeline, written as most tutorials write it:
     ``RandomGrayscale``, ``RandomAffine``, ``RandomCrop(padding=4)``...), two views per image for
     contrastive training;
   * ``DataLoader(num_workers=2, shuffle=True)``, default collate, float32, contiguous NCHW tensors;
-  * plain ``torch.optim.Adam`` (AdamW with weight decay; no foreach/fused flag: the per-parameter loop on
-    CPU) with the config's learning-rate schedule, torch's default thread count.
+  * the config's optimizer as tutorials write it: plain ``torch.optim.Adam`` (AdamW with weight decay) or
+    ``torch.optim.SGD`` (Nesterov), no foreach/fused flag (the per-parameter loop on CPU), with the config's
+    learning-rate schedule, torch's default thread count.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def _to(batch, device: torch.device):
 
 
 class NaiveRun:
-    """A model, its Adam optimizer and a DataLoader; ``steps(n)`` trains n batches and returns the seconds."""
+    """A model, its optimizer and a DataLoader; ``steps(n)`` trains n batches and returns the seconds."""
 
     def __init__(self, cfg: RunConfig, root: Path | None = None, device: str = "cpu", workers: int = 2):
         self.cfg, self.device, self.workers = cfg, torch.device(device), workers
@@ -156,8 +157,13 @@ class NaiveRun:
         self.model = NaiveModel(cfg, spec_for(cfg.data.name)).to(self.device).train()
         t = cfg.train
         params = self.model.parameters()
-        self.optimizer = (torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if t.weight_decay > 0
-                          else torch.optim.Adam(params, lr=t.lr))
+        if t.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True,
+                                             weight_decay=t.weight_decay)
+        elif t.weight_decay > 0:
+            self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=t.lr)
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.dataset) // t.batch_size)  # same LR schedule
 
     def loader(self) -> DataLoader:
