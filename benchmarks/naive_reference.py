@@ -36,7 +36,7 @@ from latentbench.config import RunConfig, load_config
 from latentbench.data import DatasetSpec, resolve_root
 from latentbench.losses import classification_loss, nt_xent, reconstruction_loss
 from latentbench.models import ClassifierHead, ProjectionHead, build_encoder_decoder
-from latentbench.train import make_scheduler
+from latentbench.train import make_optimizer, make_scheduler
 
 # Channel statistics as published for the two datasets (the reference does not scan the data for them).
 STATS = {
@@ -156,14 +156,7 @@ class NaiveRun:
         self.dataset = make_dataset(cfg, root)
         self.model = NaiveModel(cfg, spec_for(cfg.data.name)).to(self.device).train()
         t = cfg.train
-        params = self.model.parameters()
-        if t.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True,
-                                             weight_decay=t.weight_decay)
-        elif t.weight_decay > 0:
-            self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=t.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg, None)  # torch's default kernels
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.dataset) // t.batch_size)  # same LR schedule
 
     def loader(self) -> DataLoader:
