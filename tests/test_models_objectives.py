@@ -36,6 +36,21 @@ def test_encoder_and_decoder_shapes(spec, encoder):
     assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
 
 
+@pytest.mark.parametrize("spec", [GRAY, RGB], ids=["gray28", "rgb32"])
+@pytest.mark.parametrize("strides,last_side", [([1, 2, 2, 2], {28: 4, 32: 4}), ([1, 1, 2, 2], {28: 7, 32: 8}),
+                                               ([1, 2, 1, 2], {28: 7, 32: 8}), ([1, 1, 1, 2], {28: 14, 32: 16})])
+@pytest.mark.parametrize("skips", [False, True])
+def test_conv_strides_set_the_map_sizes_and_the_decoder_mirrors_them(spec, strides, last_side, skips):
+    cfg = cfg_for("conv", "autoencoder", f"model.conv_strides={strides}", f"model.skips={str(skips).lower()}")
+    enc, dec = build_encoder_decoder(spec, cfg.model)
+    x, _ = batch(spec)
+    z, maps = enc.features(x)
+    assert maps[-1].shape[-1] == last_side[spec.width] and z.shape == (16, 16)
+    up_strides = [up[0].stride[0] for up in dec.ups]
+    assert up_strides == strides[:0:-1]  # the decoder undoes blocks 4, 3, 2 in that order
+    assert dec(z, maps if skips else None).shape == x.shape
+
+
 def test_skip_decoder_uses_encoder_maps():
     cfg = cfg_for("conv", "autoencoder", "model.skips=true")
     enc, dec = build_encoder_decoder(RGB, cfg.model)

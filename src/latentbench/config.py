@@ -51,6 +51,7 @@ class ModelConfig:
     mlp_activation: str = "relu"  # MLP encoder/decoder hidden activation: relu | gelu | silu | leaky_relu
     mlp_batchnorm: bool = False  # BatchNorm1d after each hidden layer of the MLP encoder (not the decoder)
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
+    conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2])  # 32x32 -> 32, 16, 8, 4
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
     classifier_dropout: float = 0.2
@@ -320,6 +321,10 @@ def _check_ranges(cfg: RunConfig) -> None:
                           "reconstruct from clean images only")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
+    strides = cfg.model.conv_strides
+    if len(strides) != 4 or strides[0] != 1 or any(s not in (1, 2) for s in strides):
+        raise ConfigError(f"model.conv_strides must list 4 strides of 1 or 2, the first 1 (the decoder mirrors "
+                          f"blocks 2-4 and the first block sees the whole image), got {strides}")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

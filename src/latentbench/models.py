@@ -97,23 +97,27 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
-CONV_STRIDES = (1, 2, 2, 2)  # 32x32 -> 32 -> 16 -> 8 -> 4
+CONV_STRIDES = (1, 2, 2, 2)  # the default (model.conv_strides): 32x32 -> 32 -> 16 -> 8 -> 4
 
 
-def _conv_out_side(side: int) -> int:
-    for stride in CONV_STRIDES:
+def conv_out_side(side: int, strides: tuple[int, ...] | list[int] = CONV_STRIDES) -> int:
+    """Side of the map after 3x3 convolutions (padding 1) with these strides."""
+    for stride in strides:
         side = (side - 1) // stride + 1
     return side
 
 
 class ConvEncoder(Encoder):
-    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int):
+    """Four 3x3 conv + BN + ReLU blocks with the given widths and strides, then a linear map to ``z``."""
+
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int,
+                 strides: tuple[int, ...] | list[int] = CONV_STRIDES):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
         chans = [spec.channels, *widths]
-        self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], CONV_STRIDES))
-        self.side = (_conv_out_side(spec.height), _conv_out_side(spec.width))
+        self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], strides))
+        self.side = (conv_out_side(spec.height, strides), conv_out_side(spec.width, strides))
         self.fc = nn.Linear(widths[-1] * self.side[0] * self.side[1], latent_dim)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -128,25 +132,30 @@ class ConvEncoder(Encoder):
         return self.features(x)[0]
 
 
-def _up_block(c_in: int, c_out: int, last: bool) -> nn.Sequential:
-    conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=last)
+def _up_block(c_in: int, c_out: int, stride: int, last: bool) -> nn.Sequential:
+    """x2 up-sampling (4x4 transposed conv, stride 2) or, mirroring a stride-1 block, a 3x3 one at the same size."""
+    kernel = 4 if stride == 2 else 3
+    conv = nn.ConvTranspose2d(c_in, c_out, kernel, stride=stride, padding=1, bias=last)
     return nn.Sequential(conv) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(True))
 
 
 class ConvDecoder(nn.Module):
-    """Linear to the last feature map, then three ConvTranspose2d (x2 each) back to the image size.
+    """Linear to the last feature map, then three ConvTranspose2d mirroring the encoder's blocks 4, 3 and 2
+    (x2 for a stride-2 block) back to the image size.
 
     With ``skips``, the encoder maps of the same resolution are added before each up-sampling layer.
     """
 
-    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, skips: bool):
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, skips: bool,
+                 strides: tuple[int, ...] | list[int] = CONV_STRIDES):
         super().__init__()
         self.use_skips = skips
-        self.side = (_conv_out_side(spec.height), _conv_out_side(spec.width))
+        self.side = (conv_out_side(spec.height, strides), conv_out_side(spec.width, strides))
         self.fc = nn.Linear(latent_dim, widths[-1] * self.side[0] * self.side[1])
         self.fc_act = nn.ReLU(inplace=True)
         chans = [widths[3], widths[2], widths[1], spec.channels]
-        self.ups = nn.ModuleList(_up_block(a, b, last=i == 2) for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])))
+        self.ups = nn.ModuleList(_up_block(a, b, stride, last=i == 2) for i, (a, b, stride)
+                                 in enumerate(zip(chans[:-1], chans[1:], strides[:0:-1])))
         self.out_size = (spec.height, spec.width)
 
     def logits(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -205,8 +214,8 @@ def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
 
 @register("encoder", "conv")
 def build_conv(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
-    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim),
-            ConvDecoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.skips))
+    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.conv_strides),
+            ConvDecoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.skips, cfg.conv_strides))
 
 
 def encoder_name(spec: DatasetSpec, cfg: ModelConfig) -> str:

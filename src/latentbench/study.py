@@ -255,24 +255,22 @@ def _mlp_macs(widths: list[int]) -> int:
 
 def model_macs(model: ModelConfig, kind: str, channels: int, size: int) -> tuple[int, int]:
     """Multiply-accumulates per image of the encoder and of its decoder, counted from the widths (the layers
-    of models.py: MLP layers, or 3x3 convs with CONV_STRIDES + a linear to z, mirrored by 4x4 transposed
-    convs)."""
-    from latentbench.models import CONV_STRIDES  # lazy: planning a study needs no torch
-
+    of models.py: MLP layers, or 3x3 convs with the model's strides + a linear to z, mirrored by transposed
+    convs: 4x4 where they double the side, 3x3 where they keep it)."""
     if kind == "mlp":
         pixels = channels * size * size
         decoder_hidden = model.mlp_decoder_hidden or model.mlp_hidden[::-1]
         return (_mlp_macs([pixels, *model.mlp_hidden, model.latent_dim]),
                 _mlp_macs([model.latent_dim, *decoder_hidden, pixels]))
     chans, side, encoder = [channels, *model.conv_widths], size, 0
-    for c_in, c_out, stride in zip(chans[:-1], chans[1:], CONV_STRIDES):
+    for c_in, c_out, stride in zip(chans[:-1], chans[1:], model.conv_strides):
         side = (side - 1) // stride + 1
         encoder += side * side * c_in * c_out * 9
     to_latent = side * side * model.conv_widths[-1] * model.latent_dim
     decoder, up_chans = to_latent, [*model.conv_widths[:0:-1], channels]
-    for c_in, c_out in zip(up_chans[:-1], up_chans[1:]):
-        decoder += side * side * c_in * c_out * 16
-        side *= 2
+    for c_in, c_out, stride in zip(up_chans[:-1], up_chans[1:], model.conv_strides[:0:-1]):
+        decoder += side * side * c_in * c_out * (16 if stride == 2 else 9)
+        side *= stride
     return encoder + to_latent, decoder
 
 
