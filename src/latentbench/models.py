@@ -100,7 +100,7 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 CONV_STRIDES = (1, 2, 2, 2)  # the default (model.conv_strides): 32x32 -> 32 -> 16 -> 8 -> 4
 
 
-def conv_out_side(side: int, strides: tuple[int, ...] | list[int] = CONV_STRIDES) -> int:
+def _conv_out_side(side: int, strides: tuple[int, ...] | list[int] = CONV_STRIDES) -> int:
     """Side of the map after 3x3 convolutions (padding 1) with these strides."""
     for stride in strides:
         side = (side - 1) // stride + 1
@@ -117,7 +117,7 @@ class ConvEncoder(Encoder):
         self.normalize = Normalize(spec.mean, spec.std)
         chans = [spec.channels, *widths]
         self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], strides))
-        self.side = (conv_out_side(spec.height, strides), conv_out_side(spec.width, strides))
+        self.side = (_conv_out_side(spec.height, strides), _conv_out_side(spec.width, strides))
         self.fc = nn.Linear(widths[-1] * self.side[0] * self.side[1], latent_dim)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -150,7 +150,7 @@ class ConvDecoder(nn.Module):
                  strides: tuple[int, ...] | list[int] = CONV_STRIDES):
         super().__init__()
         self.use_skips = skips
-        self.side = (conv_out_side(spec.height, strides), conv_out_side(spec.width, strides))
+        self.side = (_conv_out_side(spec.height, strides), _conv_out_side(spec.width, strides))
         self.fc = nn.Linear(latent_dim, widths[-1] * self.side[0] * self.side[1])
         self.fc_act = nn.ReLU(inplace=True)
         chans = [widths[3], widths[2], widths[1], spec.channels]
