@@ -97,10 +97,7 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
-CONV_STRIDES = (1, 2, 2, 2)  # the default (model.conv_strides): 32x32 -> 32 -> 16 -> 8 -> 4
-
-
-def _conv_out_side(side: int, strides: tuple[int, ...] | list[int] = CONV_STRIDES) -> int:
+def _conv_out_side(side: int, strides: list[int]) -> int:
     """Side of the map after 3x3 convolutions (padding 1) with these strides."""
     for stride in strides:
         side = (side - 1) // stride + 1
@@ -110,8 +107,7 @@ def _conv_out_side(side: int, strides: tuple[int, ...] | list[int] = CONV_STRIDE
 class ConvEncoder(Encoder):
     """Four 3x3 conv + BN + ReLU blocks with the given widths and strides, then a linear map to ``z``."""
 
-    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int,
-                 strides: tuple[int, ...] | list[int] = CONV_STRIDES):
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, strides: list[int]):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
@@ -146,8 +142,7 @@ class ConvDecoder(nn.Module):
     With ``skips``, the encoder maps of the same resolution are added before each up-sampling layer.
     """
 
-    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, skips: bool,
-                 strides: tuple[int, ...] | list[int] = CONV_STRIDES):
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, skips: bool, strides: list[int]):
         super().__init__()
         self.use_skips = skips
         self.side = (_conv_out_side(spec.height, strides), _conv_out_side(spec.width, strides))
