@@ -328,3 +328,20 @@ def test_randn_like_keeps_the_layout_and_draws_standard_normals():
     assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
     assert randn_like(torch.rand(5, 4)).shape == (5, 4)
     assert add_noise(x, 0.1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_crop_flip_adds_cutout_only_when_erase_p_is_set():
+    x = images(256, 3, 32).clamp_min(0.05)  # no natural zeros: every zero is a cut-out or padded pixel
+    cfg = AugmentConfig(flip_p=0.5)
+    torch.manual_seed(1)
+    plain = augment(x, "crop_flip", cfg)
+    cfg.erase_p, cfg.erase_scale = 1.0, [0.25, 0.25]  # DeVries & Taylor's 16x16 square on 32x32
+    torch.manual_seed(1)  # the same shifts and flips: they are drawn before the boxes
+    cut = augment(x, "crop_flip", cfg)
+    changed = (cut != plain).any(dim=1)  # (B, H, W): pixels the cutout touched
+    assert bool((cut[changed.unsqueeze(1).expand_as(cut)] == 0).all())  # touched pixels are zeroed
+    area = changed.float().sum(dim=(1, 2))
+    assert float(area.max()) <= 16 * 16  # one 16x16 box at most, clipped at the border
+    assert float(area.mean()) > 0.4 * 256  # a uniformly placed centre keeps ~9/16 of the box on average
+    rows = torch.stack([torch.nonzero(changed[i]).float().mean(0) for i in range(16)])
+    assert float(rows.std(0).min()) > 2.0  # each image gets its own box

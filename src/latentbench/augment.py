@@ -249,7 +249,10 @@ def augment(x: torch.Tensor, kind: str, cfg: AugmentConfig) -> torch.Tensor:
         return out
     if kind == "crop_flip":
         geo = sample_shift_params(n, max(1, round(h / 8)), h, w, cfg.flip_p, x.device)
-        return warp(x, shift_theta(geo), padding="zeros")
+        out = warp(x, shift_theta(geo), padding="zeros")
+        if cfg.erase_p > 0:  # cutout (DeVries & Taylor 2017) on top of the shift and flip
+            out = apply_erase(out, sample_erase_params(n, cfg.erase_p, tuple(cfg.erase_scale), x.device))
+        return out
     raise ValueError(f"unknown augmentation '{kind}' (color | digits | crop_flip | none)")
 
 
