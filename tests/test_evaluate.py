@@ -212,6 +212,27 @@ def test_probe_views_setting_controls_the_plain_probe_keys_and_protocol(ae_run):
         evaluate_run(ae_run, force=False, overrides=["eval.probe_view_augment=color"])
 
 
+def test_probe_hidden_sets_the_mlp_probe_width_and_its_protocol(ae_run, monkeypatch):
+    from latentbench import probes
+    widths = []
+    real = probes.train_mlp_probe
+
+    def spy(head, *args, **kwargs):
+        widths.append(head.net[0].out_features)
+        return real(head, *args, **kwargs)
+
+    monkeypatch.setattr(probes, "train_mlp_probe", spy)
+    wide = evaluate_run(ae_run, force=False, overrides=["eval.probe_hidden=96", "eval.probe_views=0"])
+    assert widths and set(widths) == {96}
+    assert "-96-ReLU" in wide["protocol"]["probe_mlp_test_acc"]
+    widths.clear()
+    default = evaluate_run(ae_run, force=False, overrides=["eval.probe_hidden=0", "eval.probe_views=0"])
+    assert widths == [64]  # the model's classifier_hidden, the report's width
+    assert "-64-ReLU" in default["protocol"]["probe_mlp_test_acc"]
+    with pytest.raises(ConfigError, match="probe_hidden"):
+        evaluate_run(ae_run, force=False, overrides=["eval.probe_hidden=-1"])
+
+
 def test_learning_curves_use_a_log_scale_for_errors_that_fall_by_orders_of_magnitude(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 

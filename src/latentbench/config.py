@@ -128,6 +128,7 @@ class EvalConfig:
     probe_patience: int = 20
     probe_lr: float = 1e-3
     probe_weight_decay: float = 0.0
+    probe_hidden: int = 0  # MLP probe hidden width; 0 = model.classifier_hidden (the report's 64)
     linear_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -220,7 +221,7 @@ NON_NEGATIVE = {
     "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
-    "eval.probe_patience", "eval.probe_weight_decay", "eval.silhouette_points", "eval.n_reconstructions",
+    "eval.probe_patience", "eval.probe_weight_decay", "eval.probe_hidden", "eval.silhouette_points", "eval.n_reconstructions",
     "eval.alignment_points", "eval.trust_points", "eval.probe_views", "eval.probe_view_rotation_deg",
     "eval.probe_view_translate",
 }
