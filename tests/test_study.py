@@ -329,8 +329,7 @@ def test_a_trained_run_is_estimated_at_its_evaluation_alone(tmp_path):
 
 
 def test_a_wider_mlp_probe_raises_the_evaluation_estimate_as_measured(tmp_path):
-    base = ["train.seed=0"]
-    plans = {h: study.plan_study(load_preset("paper"), tmp_path, ["mnist"], 1, [*base, f"eval.probe_hidden={h}"])
+    plans = {h: study.plan_study(load_preset("paper"), tmp_path, ["mnist"], 1, [f"eval.probe_hidden={h}"])
              for h in (64, 256)}
     assert study.probe_width_factor(plans[64][0].config) == 1.0
     assert abs(study.probe_width_factor(plans[256][0].config) - 1.48) < 0.01  # session 11's measured ratio

@@ -187,6 +187,11 @@ def probe_view_kind(requested: str, channels: int) -> str:
     return "digits" if channels == 1 else "none"
 
 
+def probe_hidden_width(cfg: RunConfig) -> int:
+    """The MLP probe's hidden width: ``eval.probe_hidden``, or the model's classifier width when it is 0."""
+    return cfg.eval.probe_hidden or cfg.model.classifier_hidden
+
+
 def probe_view_copies(ev: EvalConfig, channels: int) -> int:
     """How many augmented copies of each training image the MLP probe trains on (0 when the views are off)."""
     return ev.probe_views if probe_view_kind(ev.probe_view_augment, channels) != "none" else 0
@@ -221,7 +226,8 @@ NON_NEGATIVE = {
     "train.max_steps",
     "train.patience", "train.threads", "data.train_subset", "train.warmup_epochs",
     "objective.label_smoothing", "eval.decoder_probe_epochs", "eval.tsne_points",
-    "eval.probe_patience", "eval.probe_weight_decay", "eval.probe_hidden", "eval.silhouette_points", "eval.n_reconstructions",
+    "eval.probe_patience", "eval.probe_weight_decay", "eval.probe_hidden", "eval.silhouette_points",
+    "eval.n_reconstructions",
     "eval.alignment_points", "eval.trust_points", "eval.probe_views", "eval.probe_view_rotation_deg",
     "eval.probe_view_translate",
 }

@@ -42,7 +42,8 @@ from torch import nn
 from latentbench import config as config_module
 from latentbench import embed, metrics, plots, probes
 from latentbench.augment import augment, view_kind
-from latentbench.config import AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
+from latentbench.config import (AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict,
+                               probe_hidden_width)
 from latentbench.data import Splits, load_splits
 from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from latentbench.models import ClassifierHead, build_encoder_decoder
@@ -282,16 +283,12 @@ def _probe_views_protocol(run: EvalRun) -> str:
             "images)")
 
 
-def probe_hidden(run: EvalRun) -> int:
-    """The MLP probe's hidden width: ``eval.probe_hidden``, or the model's classifier width when 0."""
-    return run.ev.probe_hidden or run.cfg.model.classifier_hidden
-
-
 def _fit_mlp_probe(run: EvalRun, z: dict[str, torch.Tensor],
                    y: dict[str, torch.Tensor]) -> probes.ProbeResult:
     ev, m, spec = run.ev, run.cfg.model, run.splits.spec
     torch.manual_seed(ev.seed)  # the probe's initial weights
-    head = ClassifierHead(z["train"].shape[1], probe_hidden(run), spec.num_classes, m.classifier_dropout)
+    hidden = probe_hidden_width(run.cfg)
+    head = ClassifierHead(z["train"].shape[1], hidden, spec.num_classes, m.classifier_dropout)
     return probes.train_mlp_probe(head, z, y, ev.probe_epochs, ev.probe_patience, ev.probe_lr,
                                   ev.probe_weight_decay, ev.probe_batch_size, ev.seed)
 
@@ -300,7 +297,8 @@ def _mlp_protocol(run: EvalRun, result: probes.ProbeResult, dims: int, views: st
     ev, m, spec = run.ev, run.cfg.model, run.splits.spec
     scaled = " (standardised by train mean/std)" if ev.probe_standardize else ""
     decay = f" wd {ev.probe_weight_decay}" if ev.probe_weight_decay else ""
-    return (f"MLP {dims}-{probe_hidden(run)}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
+    hidden = probe_hidden_width(run.cfg)
+    return (f"MLP {dims}-{hidden}-ReLU-Dropout({m.classifier_dropout})-{spec.num_classes} "
             f"on frozen z{scaled}, Adam lr {ev.probe_lr}{decay}, batch {ev.probe_batch_size}, "
             f"up to {ev.probe_epochs} epochs with early stopping on val accuracy "
             f"(patience {ev.probe_patience}; kept epoch {result.best_epoch} of {result.epochs}), "

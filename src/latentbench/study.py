@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.config import (ConfigError, EvalConfig, ModelConfig, RunConfig, apply_overrides, flatten,
-                               from_dict, probe_view_copies, read_toml)
+                               from_dict, probe_hidden_width, probe_view_copies, read_toml)
 from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
@@ -295,8 +295,8 @@ def compute_scale(cfg: RunConfig, dataset: str) -> float:
 
 def probe_width_factor(cfg: RunConfig) -> float:
     """How much more the MLP probe costs per code than the report's 64-unit probe the constants assume."""
-    hidden = cfg.eval.probe_hidden or cfg.model.classifier_hidden
-    return (PROBE_WIDTH_OFFSET + hidden) / (PROBE_WIDTH_OFFSET + ModelConfig().classifier_hidden)
+    report_width = ModelConfig().classifier_hidden
+    return (PROBE_WIDTH_OFFSET + probe_hidden_width(cfg)) / (PROBE_WIDTH_OFFSET + report_width)
 
 
 def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
