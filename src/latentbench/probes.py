@@ -5,8 +5,8 @@ Probes only ever see cached tensors (``z`` from :mod:`latentbench.embed`), never
 cannot change the encoder's weights or BatchNorm statistics. Each probe is selected on the validation
 split (early stopping, or the best ``C``) and then scored once on every split.
 
-  * :func:`train_mlp_probe` - latent-64-ReLU-Dropout-classes (models.ClassifierHead), Adam, early stopping on
-    validation accuracy, best epoch restored.
+  * :func:`train_mlp_probe` - latent-H-ReLU-Dropout-classes (models.ClassifierHead; H = eval.probe_hidden, the
+    report's 64 by default), Adam, early stopping on validation accuracy, best epoch restored.
   * :func:`fit_logistic` - multinomial logistic regression with scikit-learn's objective
     ``0.5 ||W||^2 + C * sum(cross-entropy)``, solved full-batch with torch L-BFGS (strong Wolfe line
     search); measured ~10x faster than ``sklearn.linear_model.LogisticRegression`` on MNIST codes and
