@@ -12,9 +12,11 @@ from conftest import tiny_config
 
 from latentbench.cli import main
 from latentbench.config import ConfigError, EvalConfig, load_config
+from latentbench import embed, metrics, probes
+from latentbench.data import ImageData
 from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
-                                  choose_samples, evaluate, evaluate_run, load_run, probe_view_codes,
-                                  probe_view_copies, probe_view_kind)
+                                  choose_samples, evaluate, evaluate_run, group_e2e_flip, load_run, metric_groups,
+                                  mirrored_codes, probe_view_codes, probe_view_copies, probe_view_kind)
 from latentbench.io import RunFileError, safe_torch_load
 from latentbench.train import train
 
@@ -90,6 +92,33 @@ def test_changed_eval_setting_recomputes_and_missing_figure_is_redrawn(ae_run):
     assert (ae_run / FIGURES["curves"]).exists()
     assert json.loads((ae_run / METRICS_FILE).read_text())["metrics"] == m["metrics"]
     assert (ae_run / METRICS_FILE).stat().st_mtime_ns >= before
+
+
+def test_only_runs_the_named_stages_keeps_the_others_and_refuses_unknown_names(ae_run, capsys):
+    evaluate_run(ae_run, force=False, overrides=[])
+    before = json.loads((ae_run / METRICS_FILE).read_text())
+    figures = {rel: (ae_run / rel).stat().st_mtime_ns for rel in FIGURES.values()}
+    capsys.readouterr()
+    assert main(["eval", str(ae_run), "--force", "--only", "knn, probe_linear"]) == 0
+    said = capsys.readouterr().out
+    assert "knn:" in said and "probe_linear:" in said and "probe_mlp:" not in said and "t-SNE" not in said
+    after = json.loads((ae_run / METRICS_FILE).read_text())
+    assert after["metrics"] == before["metrics"]  # seeded: the same numbers, and every other key kept
+    assert {rel: (ae_run / rel).stat().st_mtime_ns for rel in FIGURES.values()} == figures
+    # a changed eval setting makes the old results stale: only the named stage is computed, the stale figures go
+    m = evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"], only=["knn"])
+    assert set(m["metrics"]) == {"knn_val_acc", "knn_test_acc"} and "k=3" in m["protocol"]["knn_test_acc"]
+    assert not any((ae_run / rel).exists() for rel in FIGURES.values())
+    full = evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"])  # the rest is filled in
+    assert set(REQUIRED_KEYS) <= set(full["metrics"])
+    assert full["metrics"]["knn_test_acc"] == m["metrics"]["knn_test_acc"]
+    assert all((ae_run / rel).exists() for rel in FIGURES.values())
+    for bad, message in ((["e2e"], "unknown stage.*'e2e'.*its stages are: probe_mlp"), ([], "no stage named")):
+        with pytest.raises(ValueError, match=message):
+            evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"], only=bad)
+    capsys.readouterr()
+    assert main(["eval", str(ae_run), "--only", "tsne"]) != 0
+    assert "figures" in capsys.readouterr().err
 
 
 def test_eval_rejects_training_overrides_and_missing_checkpoint(ae_run, tmp_path):
@@ -254,3 +283,29 @@ def test_load_run_takes_a_studys_evaluation_settings_then_the_overrides(ae_run):
     run = load_run(ae_run, ["eval.knn_k=5"], None, wanted)
     assert run.ev.probe_patience == saved.probe_patience + 7 and run.ev.knn_k == 5
     assert run.cfg.train == load_run(ae_run).cfg.train  # only the eval section is replaced
+
+
+def test_flip_tta_scores_the_supervised_head_on_each_image_and_its_mirror(tmp_path):
+    """Colour supervised runs get e2e_*_acc_flip: the head's mean softmax over the codes of each image and of
+    its mirror image (encoded here by reversing the columns by index); off by setting, and never on digits."""
+    cfg = tiny_config(tmp_path, "supervised", channels=3, size=16, extra=FAST)
+    run = load_run(train(cfg))
+    assert "e2e_flip" in [stage for stage, _, _ in metric_groups(run)]
+    test = run.splits.test
+    reversed_columns = torch.arange(test.x.shape[3] - 1, -1, -1)
+    by_index = ImageData(test.x.index_select(3, reversed_columns), test.y)
+    want_z = embed.encode(run.objective.encoder, by_index, 64, run.device, run.channels_last)["z"]
+    z_mirror = mirrored_codes(run, "test")
+    assert torch.allclose(z_mirror, want_z, atol=1e-5)
+    plain = embed.encode(run.objective.encoder, test, 64, run.device, run.channels_last)["z"]
+    assert not torch.allclose(z_mirror, plain, atol=1e-3)  # the synthetic images are not symmetric
+    emb = embed.extract(run.objective.encoder, run.splits, 256, run.device, run.channels_last)
+    scores, how = group_e2e_flip(run, emb, None)
+    assert set(scores) == set(how) == {"e2e_val_acc_flip", "e2e_test_acc_flip"}
+    want = metrics.accuracy(probes.predict_mean(run.objective.classifier, [emb["test"]["z"], want_z]), test.y)
+    assert scores["e2e_test_acc_flip"] == pytest.approx(want)
+    assert "mirror" in how["e2e_test_acc_flip"]
+    off = load_run(run.paths.root, ["eval.flip_tta=false"])
+    assert "e2e_flip" not in [stage for stage, _, _ in metric_groups(off)]
+    digits = load_run(train(tiny_config(tmp_path / "digits", "supervised", extra=FAST)))
+    assert "e2e_flip" not in [stage for stage, _, _ in metric_groups(digits)]

@@ -178,3 +178,22 @@ def test_standardize_uses_train_statistics():
     s_train, s_test = metrics.standardize(train, test)
     assert torch.allclose(s_train.mean(0), torch.zeros(2))
     assert torch.allclose(s_test, torch.tensor([[0.0, 2.0]]))  # constant column: std treated as 1
+
+
+def test_predict_mean_matches_a_per_image_loop_over_views():
+    """Test-time augmentation: the argmax of the mean softmax over views, image by image (small batches so the
+    chunking is exercised); one view is plain prediction."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    views = [torch.randn(37, 6) for _ in range(3)]
+    got = probes.predict_mean(model, views, batch_size=8)
+    with torch.no_grad():
+        want = [int(sum(F.softmax(model(v[i:i + 1])[0], 0) for v in views).argmax()) for i in range(37)]
+    assert got.tolist() == want
+    assert torch.equal(probes.predict_mean(model, views[:1], batch_size=8), probes.predict(model, views[0]))
+    # views that disagree are settled by their confidence, not by majority order: here view 2 wins
+    head = torch.nn.Identity()
+    confident = torch.tensor([[0.0, 9.0, 0.0]])
+    unsure = torch.tensor([[1.0, 0.0, 0.0]])
+    assert probes.predict_mean(head, [unsure, confident]).tolist() == [1]
+    assert probes.predict_mean(head, []).numel() == 0

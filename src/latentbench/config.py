@@ -158,6 +158,9 @@ class EvalConfig:
     probe_view_augment: str = "auto"  # auto (digits for 1 channel, none otherwise) | digits | crop_flip | none
     probe_view_rotation_deg: float = 5.0  # digits views: rotation in [-deg, deg]
     probe_view_translate: float = 0.05  # digits views: shift as a fraction of the side (1.4 px on MNIST)
+    # added in session 12: colour images, supervised runs: also score the end-to-end head on each image and its
+    # mirror image (mean of the two softmax outputs), reported beside the plain accuracy as e2e_*_acc_flip
+    flip_tta: bool = True
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """A trained run directory -> ``metrics.json`` + ``figures/*.png``: the same evaluation for every objective.
 
-    latentbench eval runs/mnist_autoencoder_s0 [--force] [--set eval.knn_k=200]
+    latentbench eval runs/mnist_autoencoder_s0 [--force] [--set eval.knn_k=200] [--only probe_linear,e2e]
 
 Stages, each skipped when its outputs already exist (``--force`` recomputes all of them):
   1. embeddings: ``z`` of train / val / test from the frozen encoder (``embeddings.pt``, see embed.py);
   2. metrics, in groups that each add keys to ``metrics.json`` (written after every group, so an
      interrupted eval keeps what it finished): MLP probe, linear probe, kNN, the supervised run's own
-     classifier, reconstruction (the run's decoder, or a decoder probe trained on frozen ``z``, saved
-     as ``decoder_probe.pt``), latent-space statistics, and raw-pixel / PCA baselines;
+     classifier (on colour images also with flip test-time augmentation), reconstruction (the run's decoder,
+     or a decoder probe trained on frozen ``z``, saved as ``decoder_probe.pt``), latent-space statistics, and
+     raw-pixel / PCA baselines;
   3. figures: t-SNE pair (+ trustworthiness), reconstructions, interpolation, learning curves.
+  ``--only STAGES`` runs a subset of 2. and 3. and keeps the rest of ``metrics.json``.
 
 The subsample indices and seeds are saved in ``eval_state.json`` together with the checkpoint's
 fingerprint and the eval config: when the checkpoint or the eval config changes, everything downstream
@@ -44,7 +46,7 @@ from latentbench import embed, metrics, plots, probes
 from latentbench.augment import augment, view_kind
 from latentbench.config import (AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict,
                                probe_hidden_width)
-from latentbench.data import Splits, load_splits
+from latentbench.data import ImageData, Splits, load_splits
 from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from latentbench.models import ClassifierHead, build_encoder_decoder
 from latentbench.objectives import Objective, build_objective
@@ -376,6 +378,32 @@ def group_e2e(run: EvalRun, emb, samples) -> Scores:
                              f"the encoder; best checkpoint by val accuracy)" for s in embed.SPLITS})
 
 
+def mirrored_codes(run: EvalRun, split: str) -> torch.Tensor:
+    """Codes (N, D) of the horizontal mirror image of every image of ``split`` (frozen encoder, eval mode)."""
+    data = getattr(run.splits, split)
+    mirrored = ImageData(data.x.flip(3), data.y)
+    return embed.encode(run.objective.encoder, mirrored, run.ev.batch_size, run.device, run.channels_last)["z"]
+
+
+def group_e2e_flip(run: EvalRun, emb, samples) -> Scores:
+    """The supervised head's accuracy with flip test-time augmentation: the mean of its softmax outputs on each
+    image and on its mirror image (colour images, where a mirror image keeps its label)."""
+    classifier, out, how = run.objective.classifier, {}, {}
+    for split in ("val", "test"):
+        views = [emb[split]["z"].to(run.device), mirrored_codes(run, split).to(run.device)]
+        out[f"e2e_{split}_acc_flip"] = metrics.accuracy(probes.predict_mean(classifier, views), emb[split]["y"])
+        how[f"e2e_{split}_acc_flip"] = (f"{split} accuracy of the supervised run's own classifier head with "
+                                        "horizontal-flip test-time augmentation (mean of its softmax on the image "
+                                        "and on its mirror image; best checkpoint by val accuracy)")
+    return out, how
+
+
+def uses_flip_tta(run: EvalRun) -> bool:
+    """Flip test-time augmentation applies to supervised runs on colour images when ``eval.flip_tta`` is on."""
+    return (run.ev.flip_tta and run.splits.spec.channels == 3
+            and getattr(run.objective, "classifier", None) is not None)
+
+
 # -- reconstruction
 def decoder_probe_arch(run: EvalRun) -> nn.Module:
     """The decoder models.build_encoder_decoder gives for this run's model config, without skip connections."""
@@ -700,6 +728,8 @@ def metric_groups(run: EvalRun) -> list[tuple[str, list[str], Callable[..., Scor
     ]
     if getattr(run.objective, "classifier", None) is not None:
         groups.append(("e2e", [f"e2e_{s}_acc" for s in splits3], group_e2e))
+    if uses_flip_tta(run):
+        groups.append(("e2e_flip", ["e2e_val_acc_flip", "e2e_test_acc_flip"], group_e2e_flip))
     groups += [
         ("reconstruction", [*(f"recon_{s}_mae" for s in splits3), "recon_test_mse", "recon_test_psnr",
                             "recon_is_probe"], group_reconstruction),
@@ -758,23 +788,45 @@ def _is_stale(run: EvalRun, samples: dict[str, Any]) -> str:
     return ""
 
 
-def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a trained run directory; write metrics.json, figures/ and caches into it; return metrics.json."""
+def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None = None,
+                 only: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run directory; write metrics.json, figures/ and caches into it; return metrics.json.
+
+    ``only``: the stages to run (metric group names of :func:`metric_groups`, and ``figures``); the other
+    results already in the run directory are kept, and ``force`` then recomputes just these stages.
+    """
     run = load_run(Path(run_dir), overrides)
-    return evaluate(run, force)
+    return evaluate(run, force, only)
 
 
-def evaluate(run: EvalRun, force: bool = False) -> dict[str, Any]:
+def stage_names(run: EvalRun) -> list[str]:
+    """The stages ``only`` may name for this run: its metric groups, then ``figures``."""
+    return [stage for stage, _, _ in metric_groups(run)] + ["figures"]
+
+
+def check_only(run: EvalRun, only: list[str]) -> None:
+    """Refuse an ``only`` list that names no stage, or a stage this run does not have, saying which ones it has."""
+    known = stage_names(run)
+    unknown = [name for name in only if name not in known]
+    if unknown or not only:
+        what = f"unknown stage(s) {', '.join(repr(n) for n in unknown)}" if unknown else "no stage named"
+        raise ValueError(f"eval --only: {what} for run '{run.paths.root.name}' ({run.cfg.objective.name}, "
+                         f"{run.splits.spec.channels} channel(s)); its stages are: {', '.join(known)}")
+
+
+def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """:func:`evaluate_run` on an already loaded run (tests use this to inspect the encoder afterwards)."""
+    if only is not None:
+        check_only(run, only)
     frozen = _encoder_state(run.objective.encoder)
     _say(run, f"{run.device}, {run.threads} thread(s){'' if run.cfg.train.threads else ' (auto: cores left free)'}; "
               f"checkpoint {run.checkpoint.name}")
     samples = choose_samples(run.ev, run.splits.test.y, run.splits.spec.num_classes, run.splits.spec.channels)
-    stale = "" if force else _is_stale(run, samples)
+    stale = "" if force and only is None else _is_stale(run, samples)
     if stale and run.out(METRICS_FILE).exists():
         _say(run, f"recomputing metrics and figures: {stale}")
     fresh = force or bool(stale)
-    results = Results(run, fresh)
+    results = Results(run, fresh if only is None else bool(stale))
     state_path = run.out(STATE_FILE)
     notes = {} if fresh or not state_path.exists() else read_json(state_path).get("figures", {})
     state = {"checkpoint": run.checkpoint_id, "checkpoint_file": run.checkpoint.name,
@@ -782,18 +834,27 @@ def evaluate(run: EvalRun, force: bool = False) -> dict[str, Any]:
     atomic_write_json(state_path, state)
     emb = _embeddings(run, force, results)
     for stage, keys, fn in metric_groups(run):
-        if not fresh and results.has(keys):
+        if (only is not None and stage not in only) or (not fresh and results.has(keys)):
             continue
         start = time.perf_counter()
         results.add(stage, fn(run, emb, samples), time.perf_counter() - start)
         _say(run, f"{stage}: " + ", ".join(f"{k}={results.metrics[k]:.4f}" for k in keys)
              + f" ({results.seconds[stage]:.1f}s)")
-    state["figures"].update(_figures(run, emb, samples, results, fresh))
+    if only is None or "figures" in only:
+        state["figures"].update(_figures(run, emb, samples, results, fresh))
+    elif stale:
+        _drop_stale_figures(run)
     atomic_write_json(state_path, state)
     check_unchanged(frozen, run.objective.encoder)
     _say(run, f"wrote {results.path} and {run.out('figures')}/ ({results.as_dict()['seconds']['total']:.1f}s of "
               "eval in all)")
     return results.as_dict()
+
+
+def _drop_stale_figures(run: EvalRun) -> None:
+    """Delete figures drawn for an older checkpoint or eval config, so that the next full eval draws them again."""
+    for rel in FIGURES.values():
+        run.out(rel).unlink(missing_ok=True)
 
 
 def _figures(run: EvalRun, emb, samples, results: Results, fresh: bool) -> dict[str, str]:

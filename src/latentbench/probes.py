@@ -75,6 +75,18 @@ def predict(model: nn.Module, z: torch.Tensor, batch_size: int = 8192) -> torch.
     return torch.cat([model(c).argmax(1) for c in z.split(batch_size)]) if len(z) else torch.empty(0, dtype=torch.long)
 
 
+def predict_mean(model: nn.Module, views: list[torch.Tensor], batch_size: int = 8192) -> torch.Tensor:
+    """Argmax class of the mean of ``model``'s softmax over ``views``: codes (N, D) of N images, one tensor per
+    view of them (test-time augmentation), in eval mode."""
+    model.eval()
+    n = len(views[0]) if views else 0
+    preds = []
+    for start in range(0, n, batch_size):
+        probs = [model(v[start:start + batch_size]).softmax(1) for v in views]
+        preds.append(torch.stack(probs).mean(0).argmax(1))
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
 # -------------------------------------------------------------------------------------------- MLP probe
 def train_mlp_probe(head: nn.Module, z: dict[str, torch.Tensor], y: dict[str, torch.Tensor], epochs: int,
                     patience: int, lr: float, weight_decay: float, batch_size: int, seed: int) -> ProbeResult:

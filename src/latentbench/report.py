@@ -49,6 +49,7 @@ EXTRA_COLUMNS = (
     ("probe_linear_test_acc", "Linear probe", "acc"),
     ("knn_test_acc", "kNN", "acc"),
     ("e2e_test_acc", "End-to-end", "acc"),
+    ("e2e_test_acc_flip", "End-to-end, flip TTA", "acc"),
     ("recon_test_mae", "Test MAE", "mae"),
     ("recon_test_psnr", "PSNR (dB)", "float2"),
     ("silhouette", "Silhouette", "float3"),
