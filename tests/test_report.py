@@ -84,6 +84,21 @@ def test_tables_put_our_numbers_beside_the_reports(study_dir):
     assert 'class="num good"' in page and 'class="num bad"' in page
 
 
+def test_cifar_supervised_row_compares_the_plain_accuracy_and_shows_flip_tta_beside_it(study_dir):
+    make_run(study_dir, "cifar10", "supervised", 0,
+             {"e2e_train_acc": 0.95, "e2e_val_acc": 0.875, "e2e_test_acc": 0.8684, "e2e_test_acc_flip": 0.8871})
+    md = build_report(study_dir)[1].read_text()
+    table2 = md.split("Table 2 - CIFAR-10")[1].split("###")[0]
+    header = next(line for line in table2.splitlines() if line.startswith("| Model"))
+    assert header.rstrip(" |").endswith("ours: End-to-end, flip TTA (test)")
+    row = next(line for line in table2.splitlines() if line.startswith("| Supervised encoder"))
+    cells = [c.strip() for c in row.strip(" |").split("|")]
+    assert cells[-1] == "88.71%"  # beside, not compared
+    assert "86.84%" in cells and "88.66%" in cells and "-1.82 pp ✗" in cells
+    skip_row = next(line for line in table2.splitlines() if line.startswith("| Autoencoder (skip)"))
+    assert skip_row.strip(" |").endswith("—")  # no classifier head: no flip number
+
+
 def test_extra_metrics_baselines_and_probe_marker(study_dir):
     md = build_report(study_dir)[1].read_text()
     every = md.split("### MNIST: every model, every metric")[1].split("###")[0]
