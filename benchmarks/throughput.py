@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from naive_reference import NaiveRun  # noqa: E402
 from latentbench import onednn  # noqa: E402
 from latentbench.config import RunConfig, load_config  # noqa: E402
 from latentbench.data import Splits, load_splits  # noqa: E402
-from latentbench.train import RunPaths, Trainer, usable_cores  # noqa: E402
+from latentbench.train import RunPaths, Trainer, cpu_name, usable_cores  # noqa: E402
 
 CASES = ["mnist_autoencoder", "mnist_supervised", "mnist_contrastive",
          "cifar10_autoencoder", "cifar10_supervised", "cifar10_contrastive"]
@@ -62,16 +61,6 @@ def target_for(case: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------- machine
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> str:
     parts = [f"{cpu_name()}, {usable_cores()} usable cores, torch {torch.__version__} "
              f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"]

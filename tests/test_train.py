@@ -3,6 +3,7 @@ batching, seeding, max_steps."""
 
 import csv
 import json
+import platform
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from latentbench.cli import main
 from latentbench.config import load_config
 from latentbench.data import BatchLoader, ImageData, load_splits, split_train_val
 from latentbench.io import safe_torch_load
-from latentbench.train import EarlyStopping, read_history, train
+from latentbench.train import EarlyStopping, cpu_name, read_history, train
 
 
 def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
@@ -27,6 +28,7 @@ def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "finished" and info["epochs_done"] == 2 and info["device"] == "cpu"
     assert info["precision"] == "float32" and info["torch"] == torch.__version__
+    assert info["cpu"] == info["device_name"] == cpu_name() and info["cpu"]
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"train_loss", "val_acc", "seconds", "lr"} <= set(rows[0])
@@ -156,3 +158,15 @@ def test_training_loop_tells_the_objective_each_epoch_including_after_resume(tin
     assert seen == [(0, 2), (1, 2)]
     train(tiny("autoencoder", extra=["train.epochs=3", "train.patience=0"]), run, resume=True)
     assert seen == [(0, 2), (1, 2), (2, 3)]  # the resumed run continues at epoch index 2 of 3
+
+
+def test_cpu_name_keeps_family_and_model_so_hosts_of_one_name_differ(tmp_path):
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(block.format(n=0) + "\n" + block.format(n=1))
+    assert cpu_name(cpuinfo) == "AMD EPYC (family 25, model 17)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_name(cpuinfo) == "Some CPU"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name (some ARM kernels)
+    assert cpu_name(cpuinfo) == (platform.processor() or platform.machine())
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
