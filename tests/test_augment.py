@@ -345,3 +345,25 @@ def test_crop_flip_adds_cutout_only_when_erase_p_is_set():
     assert float(area.mean()) > 0.4 * 256  # a uniformly placed centre keeps ~9/16 of the box on average
     rows = torch.stack([torch.nonzero(changed[i]).float().mean(0) for i in range(16)])
     assert float(rows.std(0).min()) > 2.0  # each image gets its own box
+
+
+def test_erase_kind_zeroes_one_square_per_image_and_keeps_every_other_pixel():
+    """The autoencoder's in-painting input: no shift or flip, only the sampled square (clipped at the border)
+    is zeroed; p = 0.5 leaves about half the images untouched."""
+    x = images(256, 3, 32).clamp_min(0.05)  # no natural zeros
+    cfg = AugmentConfig(erase_p=1.0, erase_scale=[0.25, 0.25])
+    torch.manual_seed(2)
+    out = augment(x, "erase", cfg)
+    changed = (out != x).any(dim=1)
+    assert torch.equal(out[~changed.unsqueeze(1).expand_as(out)], x[~changed.unsqueeze(1).expand_as(x)])
+    assert bool((out[changed.unsqueeze(1).expand_as(out)] == 0).all())
+    area = changed.float().sum(dim=(1, 2))
+    assert float(area.max()) <= 16 * 16 and float(area.min()) > 0
+    for i in range(8):  # one axis-aligned box per image: its pixels fill their bounding rectangle
+        rows, cols = torch.nonzero(changed[i], as_tuple=True)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert int(box) == int(area[i])
+    cfg.erase_p = 0.5
+    touched = (augment(x, "erase", cfg) != x).flatten(1).any(1).float().mean()
+    assert 0.35 < float(touched) < 0.65
+    assert torch.equal(augment(x, "erase", AugmentConfig(erase_p=0.0)), x)

@@ -12,6 +12,8 @@ Kinds:
     Optionally, with probability, a thicker or thinner stroke (3x3 grey dilation or erosion) and
     random erasing of a square (Zhong et al. 2020), both off by default.
   * ``crop_flip``: supervised CIFAR augmentation: shift by up to 4 pixels (zero padding) and flip.
+  * ``erase``: random erasing of one square (``erase_p``, ``erase_scale``) and nothing else: the autoencoder's
+    in-painting input (``objective.input_augment = "erase"``; the target stays the whole image).
   * ``none``: identity.
 
 Differences from torchvision: the crop box is clamped to the image instead of re-drawn up to ten times,
@@ -253,7 +255,9 @@ def augment(x: torch.Tensor, kind: str, cfg: AugmentConfig) -> torch.Tensor:
         if cfg.erase_p > 0:  # cutout (DeVries & Taylor 2017) on top of the shift and flip
             out = apply_erase(out, sample_erase_params(n, cfg.erase_p, tuple(cfg.erase_scale), x.device))
         return out
-    raise ValueError(f"unknown augmentation '{kind}' (color | digits | crop_flip | none)")
+    if kind == "erase":  # the image in place with one square zeroed (an in-painting input for autoencoders)
+        return apply_erase(x, sample_erase_params(n, cfg.erase_p, tuple(cfg.erase_scale), x.device))
+    raise ValueError(f"unknown augmentation '{kind}' (color | digits | crop_flip | erase | none)")
 
 
 def add_noise(x: torch.Tensor, std: float) -> torch.Tensor:

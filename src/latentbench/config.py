@@ -206,7 +206,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.augment": ("auto", "digits", "color", "none"),
     "objective.supervised_augment": TRAINING_AUGMENTS,
     "objective.recon_augment": TRAINING_AUGMENTS,
-    "objective.input_augment": (*TRAINING_AUGMENTS, "color"),  # a corruption, so SimCLR's views fit too
+    "objective.input_augment": (*TRAINING_AUGMENTS, "color", "erase"),  # corruptions: SimCLR's views fit too
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.optimizer": ("adam", "sgd"),
