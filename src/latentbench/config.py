@@ -72,7 +72,9 @@ class ObjectiveConfig:
     augment: str = "auto"  # view augmentation: auto | digits | color | none
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
-    input_augment: str = "none"  # autoencoder: the encoder sees an augmented view, the target stays the image
+    # autoencoder: the encoder sees an augmented view, the target stays the image (none | crop_flip | digits |
+    # color | erase: one square zeroed by augment.erase_p / erase_scale, i.e. in-painting)
+    input_augment: str = "none"
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
     input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
