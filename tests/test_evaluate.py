@@ -98,6 +98,8 @@ def test_only_runs_the_named_stages_keeps_the_others_and_refuses_unknown_names(a
     evaluate_run(ae_run, force=False, overrides=[])
     before = json.loads((ae_run / METRICS_FILE).read_text())
     figures = {rel: (ae_run / rel).stat().st_mtime_ns for rel in FIGURES.values()}
+    notes = json.loads((ae_run / STATE_FILE).read_text())["figures"]
+    assert set(notes) == set(FIGURES)
     capsys.readouterr()
     assert main(["eval", str(ae_run), "--force", "--only", "knn, probe_linear"]) == 0
     said = capsys.readouterr().out
@@ -105,6 +107,7 @@ def test_only_runs_the_named_stages_keeps_the_others_and_refuses_unknown_names(a
     after = json.loads((ae_run / METRICS_FILE).read_text())
     assert after["metrics"] == before["metrics"]  # seeded: the same numbers, and every other key kept
     assert {rel: (ae_run / rel).stat().st_mtime_ns for rel in FIGURES.values()} == figures
+    assert json.loads((ae_run / STATE_FILE).read_text())["figures"] == notes  # their descriptions kept too
     # a changed eval setting makes the old results stale: only the named stage is computed, the stale figures go
     m = evaluate_run(ae_run, force=False, overrides=["eval.knn_k=3"], only=["knn"])
     assert set(m["metrics"]) == {"knn_val_acc", "knn_test_acc"} and "k=3" in m["protocol"]["knn_test_acc"]

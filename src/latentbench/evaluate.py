@@ -826,9 +826,10 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -
     if stale and run.out(METRICS_FILE).exists():
         _say(run, f"recomputing metrics and figures: {stale}")
     fresh = force or bool(stale)
-    results = Results(run, fresh if only is None else bool(stale))
+    drop_old = fresh if only is None else bool(stale)  # with --only, --force touches just the named stages
+    results = Results(run, drop_old)
     state_path = run.out(STATE_FILE)
-    notes = {} if fresh or not state_path.exists() else read_json(state_path).get("figures", {})
+    notes = {} if drop_old or not state_path.exists() else read_json(state_path).get("figures", {})
     state = {"checkpoint": run.checkpoint_id, "checkpoint_file": run.checkpoint.name,
              "eval": dataclasses.asdict(run.ev), "samples": samples, "figures": notes}
     atomic_write_json(state_path, state)

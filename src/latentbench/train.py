@@ -694,6 +694,7 @@ class Trainer:
 
 # ----------------------------------------------------------------------------------------- run info
 def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | None = None) -> dict[str, Any]:
+    cpu = cpu_name()
     return {
         "status": status,
         "stop_reason": reason,
@@ -704,9 +705,8 @@ def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | 
         "torchvision": _torchvision_version(),
         "platform": platform.platform(),
         "device": str(trainer.device),
-        "device_name": (torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
-                        else cpu_name()),
-        "cpu": cpu_name(),
+        "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else cpu,
+        "cpu": cpu,
         "precision": str(trainer.amp).replace("torch.", "") if trainer.amp else "float32",
         "matmul_precision": torch.get_float32_matmul_precision(),
         "threads": trainer.threads,
