@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from naive_reference import NaiveRun  # noqa: E402
 
-from latentbench import onednn  # noqa: E402
+from latentbench import hostmem, onednn  # noqa: E402
 from latentbench.config import RunConfig, load_config  # noqa: E402
 from latentbench.data import Splits, load_splits  # noqa: E402
 from latentbench.train import RunPaths, Trainer, cpu_name, usable_cores  # noqa: E402
@@ -297,8 +297,10 @@ def bench_case(case: str, splits: dict, args, device: torch.device, tmp: Path) -
     wait_for_quiet(args.wait_quiet)
     with OtherLoad() as other:
         for _ in range(args.rounds):
+            hostmem.keep_freed_memory()  # latentbench's setting for its own steps (Trainer turns it on)
             time.sleep(args.settle)
             result.lb_ips.append(steps * result.batch / lb.steps(steps))
+            hostmem.restore_defaults()  # the reference runs with glibc's defaults, as a plain script would
             time.sleep(args.settle)
             result.ref_ips.append(steps * result.batch / ref.steps(steps, warmup=2))
             print(f"  {case}: latentbench {result.lb_ips[-1]:,.0f} img/s, reference {result.ref_ips[-1]:,.0f} "

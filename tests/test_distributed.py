@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from latentbench import distributed
+from latentbench import distributed, hostmem
 from latentbench.distributed import CPUSyncBatchNorm
 from latentbench.losses import nt_xent
 from latentbench.train import read_history, train
@@ -249,6 +249,7 @@ def test_run_info_records_device_and_precision_and_never_amp_on_cpu(tiny, tmp_pa
     info = json.loads((run / "run_info.json").read_text())
     assert info["device"] == "cpu" and info["precision"] == "float32" and info["world_size"] == 1
     assert info["backend"] == "none" and info["sync_batchnorm"] is False
+    assert info["host_heap_kept"] is hostmem.available()  # a CPU run keeps freed memory (hostmem.py)
 
 
 def test_sync_batchnorm_policy():

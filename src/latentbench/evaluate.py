@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from latentbench import config as config_module
-from latentbench import embed, metrics, plots, probes
+from latentbench import embed, hostmem, metrics, plots, probes
 from latentbench.augment import augment, view_kind
 from latentbench.config import (AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict,
                                probe_hidden_width)
@@ -188,6 +188,8 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits |
                            f"'{paths.checkpoints}'); train it first with 'latentbench train'")
     device = resolve_device(cfg.train.device)
     threads = configure_threads(eval_threads(cfg.train.threads))
+    if device.type == "cpu":
+        hostmem.keep_freed_memory()  # batches of 1,024 images: no page faults to get freed memory back
     splits = splits or load_splits(cfg.data)
     objective = build_objective(splits.spec, cfg)
     load_objective_weights(objective, checkpoint)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import latentbench
-from latentbench import distributed, onednn
+from latentbench import distributed, hostmem, onednn
 from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
 from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_free_space,
@@ -351,6 +351,7 @@ class Trainer:
             self.objective = self.objective.to(memory_format=torch.channels_last)
         if self.device.type == "cpu":
             onednn.enable(self.objective)  # Linear layers through oneDNN's AVX-512 GEMM (see onednn.py)
+            hostmem.keep_freed_memory()  # each step reuses the last one's memory without page faults
         self.step_module: nn.Module = self._wrap(self.objective)
         if t.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size = {t.batch_size} is the global batch and must split evenly over the "
@@ -710,6 +711,7 @@ def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | 
         "precision": str(trainer.amp).replace("torch.", "") if trainer.amp else "float32",
         "matmul_precision": torch.get_float32_matmul_precision(),
         "threads": trainer.threads,
+        "host_heap_kept": hostmem.kept(),  # glibc keeps freed memory for reuse (hostmem.py)
         "world_size": trainer.dist.world_size,
         "backend": distributed.backend_for(trainer.device) if trainer.dist.enabled else "none",
         "sync_batchnorm": trainer.sync_bn,
