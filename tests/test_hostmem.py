@@ -15,9 +15,9 @@ from latentbench import hostmem
 
 pytestmark = pytest.mark.skipif(hostmem._libc() is None, reason="needs Linux with glibc")
 
-# In one fresh interpreter: glibc's defaults, then the heap kept, then the defaults restored. In each phase a
-# 40 MB tensor (10,240 pages) is allocated, filled and freed ten times, and each round's minor page faults
-# are listed. 40 MB is above glibc's largest mmap threshold, so by default every round maps, faults in and
+# In one fresh interpreter: glibc's defaults, then the heap kept, then released once (still kept), then the
+# defaults restored. In each phase a 40 MB tensor (10,240 pages) is allocated, filled and freed ten times,
+# and each round's minor page faults are listed. 40 MB is above glibc's largest mmap threshold, so by default every round maps, faults in and
 # unmaps fresh pages; with the heap kept, the first rounds grow the heap (one to three of them, seen here) and
 # the later ones reuse it.
 PROBE = """
@@ -35,6 +35,8 @@ def phase():
 result = {"default": phase()}
 hostmem.keep_freed_memory()
 result["kept"] = phase()
+hostmem.release_free_memory()
+result["released"] = phase()
 hostmem.restore_defaults()
 result["restored"] = phase()
 print(json.dumps(result))
@@ -59,6 +61,13 @@ def test_kept_heap_reuses_freed_memory_without_page_faults(phases):
     assert not phases["default"]["kept"] and phases["kept"]["kept"]
     one_round = min(phases["default"]["faults"])
     assert max(phases["kept"]["faults"][-5:]) < one_round / 100, phases
+
+
+def test_release_hands_the_free_memory_back_and_keeps_the_setting(phases):
+    one_round = min(phases["default"]["faults"])
+    assert phases["released"]["kept"]
+    assert phases["released"]["faults"][0] > one_round / 2, phases  # faulted in again after the release
+    assert max(phases["released"]["faults"][-5:]) < one_round / 100, phases  # and kept from then on
 
 
 def test_restore_defaults_gives_the_memory_back_again(phases):

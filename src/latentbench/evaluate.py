@@ -798,7 +798,10 @@ def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None
     results already in the run directory are kept, and ``force`` then recomputes just these stages.
     """
     run = load_run(Path(run_dir), overrides)
-    return evaluate(run, force, only)
+    try:
+        return evaluate(run, force, only)
+    finally:
+        hostmem.release_free_memory()  # the batches' memory, kept in the heap while they ran
 
 
 def stage_names(run: EvalRun) -> list[str]:

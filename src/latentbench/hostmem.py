@@ -7,9 +7,11 @@ returns on ``free``, so every step of a conv model pays page faults to get the s
 CIFAR-10 contrastive + denoising step (batch 128, two views) took ~25,000 minor page faults, and the first
 convolution over the 256 views (a 33.5 MB output) 13.9 ms instead of 1.3 ms for half the batch. With
 :func:`keep_freed_memory` glibc serves every request from its heap and never trims it: no page faults after
-the first steps, and on the 2-core AMD EPYC host (Zen 4) a CIFAR-10 contrastive step 339-342 ms instead of
+the first steps. On the 2-core AMD EPYC host (Zen 4), a CIFAR-10 contrastive step took 339-342 ms instead of
 375-378 ms and an autoencoder step 166-168 instead of 172-178 ms (median of 4 blocks, ``docs/speed.md``),
-for 100-400 MB more resident memory. MNIST's MLPs allocate small blocks the heap already reuses: no change.
+for 100-400 MB more resident memory while training; MNIST's MLPs allocate small blocks the heap already
+reuses: no change. :func:`release_free_memory` gives the free memory back when a training or an evaluation
+ends.
 
 This is what PyTorch's CUDA caching allocator does on the GPU, and what swapping in jemalloc or tcmalloc
 (``LD_PRELOAD``) does for CPU training; here it needs no extra library. Linux with glibc only; elsewhere,
@@ -76,6 +78,18 @@ def keep_freed_memory() -> bool:
     return _state["kept"]
 
 
+def release_free_memory() -> bool:
+    """Hand the heap's free memory back to the system now (``malloc_trim``), keeping the settings: called when
+    a training or an evaluation ends, so that a notebook or a study does not hold one stage's peak memory
+    through the next. False where there is no glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim(0)
+    return True
+
+
 def restore_defaults() -> bool:
     """Back to glibc's steady-state defaults (mmap above 32 MB, trim above 64 MB of free heap top) and the
     kept free memory handed back to the system (``malloc_trim``), e.g. for a comparison run in the same
@@ -86,9 +100,7 @@ def restore_defaults() -> bool:
     _state["kept"] = False
     ok = _mallopt(libc, [(M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD_MAX),
                          (M_TRIM_THRESHOLD, 2 * DEFAULT_MMAP_THRESHOLD_MAX)])
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim(0)
-    return ok
+    return release_free_memory() and ok
 
 
 def kept() -> bool:

@@ -776,6 +776,8 @@ def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, spl
     except TrainingDiverged as err:
         _finish(trainer, "diverged", str(err), started)
         raise
+    finally:
+        hostmem.release_free_memory()  # the steps' memory, kept in the heap while they ran
     distributed.barrier()  # under torchrun: every rank has finished its last collective
     _finish(trainer, "finished", reason, started)
     return paths.root
