@@ -31,7 +31,8 @@ def make_run(root: Path, dataset: str, model: str, seed: int, metrics: dict[str,
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     (run / "run_info.json").write_text(json.dumps({
         "status": status, "epochs_done": 3, "best_epoch": 2, "train_seconds": 12.5, "torch": "2.x-test",
-        "python": "3.x", "device": "cpu", "latentbench": "0.1.0", "dataset": {"train": 54000}}))
+        "python": "3.x", "device": "cpu", "host_heap_kept": True, "latentbench": "0.1.0",
+        "dataset": {"train": 54000}}))
     if metrics is not None:
         figures = {}
         for name in ("reconstructions", "interpolation", "tsne", "curves"):
@@ -124,6 +125,7 @@ def test_html_is_self_contained_and_markdown_links_resolve(study_dir):
 def test_environment_protocol_and_source_are_listed(study_dir):
     md = build_report(study_dir)[1].read_text()
     assert "2.x-test" in md and "cpu" in md
+    assert "| freed CPU memory kept for reuse (hostmem) | True |" in md  # timings depend on it
     assert "| `probe_mlp_test_acc` | all runs | probe_mlp_test_acc on the test split, 3 epochs |" in md
     assert "Hassan & Hassan, Deep Learning Wet Report, April 2025" in md
     assert "training time (sum over runs) | 75.0 s" in md  # 6 runs x 12.5 s

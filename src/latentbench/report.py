@@ -368,7 +368,7 @@ def environment(study: Study) -> list[tuple[str, str]]:
     keys = (("latentbench", "latentbench"), ("git revision", "git_revision"), ("Python", "python"),
             ("PyTorch", "torch"), ("torchvision", "torchvision"), ("platform", "platform"), ("device", "device"),
             ("device name", "device_name"), ("precision", "precision"), ("CPU threads", "threads"),
-            ("processes", "world_size"))
+            ("freed CPU memory kept for reuse (hostmem)", "host_heap_kept"), ("processes", "world_size"))
     rows = []
     for label, key in keys:
         values = sorted({str(r.info[key]) for r in study.runs if key in r.info})
