@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -41,6 +42,7 @@ NEVER_TRIM = 2**31 - 1  # bytes, the largest value mallopt takes: trim only past
 _state = {"kept": False}
 
 
+@functools.cache  # platform.libc_ver() reads the interpreter's binary: once is enough
 def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
