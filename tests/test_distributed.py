@@ -287,6 +287,15 @@ def test_compile_option_wraps_the_step_module(tiny, tmp_path):
     assert trainer.step_module._orig_mod is trainer.objective
 
 
+def test_compile_without_a_cxx_compiler_trains_eagerly_and_says_so(tiny, tmp_path, monkeypatch, capsys):
+    from latentbench.train import RunPaths, Trainer
+
+    monkeypatch.setenv("CXX", "no-such-compiler-for-latentbench")
+    trainer = Trainer(tiny("supervised", extra=["train.compile=true"]), RunPaths(tmp_path / "run"))
+    assert trainer.step_module is trainer.objective  # not wrapped: the first step would fail to compile
+    assert "no-such-compiler-for-latentbench" in capsys.readouterr().err
+
+
 def test_torchrun_cli_run_dir_is_a_single_process_run_dir(world, tmp_path):
     """Same files, same checkpoint layout (no DDP 'module.' prefixes), same numbers as one process."""
     from latentbench.config import load_config

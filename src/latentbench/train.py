@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,18 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
                if fields.get(key)]
     return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
+def missing_compiler(device: torch.device) -> str:
+    """Why ``torch.compile`` cannot run here ('' when it can): on the CPU, inductor compiles C++ with ``$CXX``
+    (default ``g++``; ``clang++`` on macOS), and a machine without it fails at the first step."""
+    if device.type != "cpu":
+        return ""
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(compiler) is None:
+        return (f"the C++ compiler it needs on the CPU ('{compiler}', from $CXX or the default) is not installed "
+                "(install g++ or clang++, or set CXX)")
+    return ""
 
 
 def git_revision() -> str:
@@ -412,7 +425,12 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids)
         if t.compile:
-            module = torch.compile(module)  # after DDP, so DDP's optimizer splits graphs at bucket boundaries
+            missing = missing_compiler(self.device)
+            if missing:
+                print(f"latentbench: warning: train.compile is on but {missing}; training without torch.compile",
+                      file=sys.stderr, flush=True)
+            else:
+                module = torch.compile(module)  # after DDP, so DDP's optimizer splits graphs at bucket boundaries
         return module
 
     # -- checkpoints -------------------------------------------------------------------------------
