@@ -176,10 +176,10 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def missing_compiler(device: torch.device) -> str:
     """Why ``torch.compile`` cannot run here ('' when it can): on the CPU, inductor compiles C++ with ``$CXX``
     (default ``g++``; ``clang++`` on macOS), and a machine without it fails at the first step."""
-    if device.type != "cpu":
+    if device.type != "cpu" or sys.platform == "win32":  # Windows: inductor's own checks of MSVC apply
         return ""
     compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
-    if shutil.which(compiler) is None:
+    if shutil.which(compiler.split()[0] if compiler.strip() else compiler) is None:  # e.g. CXX="ccache g++"
         return (f"the C++ compiler it needs on the CPU ('{compiler}', from $CXX or the default) is not installed "
                 "(install g++ or clang++, or set CXX)")
     return ""
