@@ -47,9 +47,12 @@ def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
 
 
 def switched_off() -> bool:
@@ -62,7 +65,6 @@ def available() -> bool:
 
 
 def _mallopt(libc: ctypes.CDLL, settings: list[tuple[int, int]]) -> bool:
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = True
     for param, value in settings:
         ok = bool(libc.mallopt(param, value)) and ok
@@ -87,7 +89,6 @@ def release_free_memory() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.malloc_trim(0)
     return True
 
