@@ -367,3 +367,20 @@ def test_erase_kind_zeroes_one_square_per_image_and_keeps_every_other_pixel():
     touched = (augment(x, "erase", cfg) != x).flatten(1).any(1).float().mean()
     assert 0.35 < float(touched) < 0.65
     assert torch.equal(augment(x, "erase", AugmentConfig(erase_p=0.0)), x)
+
+
+def test_digit_view_steps_compile_to_the_eager_images():
+    """Under torch.compile the CPU resampling runs through ATen (a graph break) and the rest is fused; the
+    images must be those of the eager ops, parameters given."""
+    torch.manual_seed(0)
+    x = images(16, 1, 12)
+    theta = digit_theta(sample_digit_params(16, (0.3, 1.0), 20.0, 0.15))
+    stroke = sample_stroke_params(16, 0.8)
+    erase = sample_erase_params(16, 0.8, (0.05, 0.2))
+
+    def view(x, theta, stroke, erase):
+        return apply_erase(apply_stroke(warp(x, theta), stroke), erase)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(view)(x, theta, stroke, erase)
+    assert torch.allclose(compiled, view(x, theta, stroke, erase), atol=1e-6)

@@ -110,11 +110,12 @@ def max_3x3(x: torch.Tensor) -> torch.Tensor:
 def apply_stroke(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Grey-level dilation (3x3 max) or erosion (3x3 min) per image, chosen by the masks in ``p``.
 
-    One pooling pass for both: images to erode are negated first (min(x) = -max(-x)), then pooled."""
+    One pooling pass for both: images to erode are negated first (min(x) = -max(-x)), pooled, and negated
+    back, by a per-image sign (one multiply each way instead of two selects; 25% faster on the CPU)."""
     view = (-1, 1, 1, 1)
-    erode = p["erode"].view(view)
-    pooled = max_3x3(torch.where(erode, -x, x))
-    return torch.where(p["dilate"].view(view), pooled, torch.where(erode, -pooled, x))
+    sign = 1.0 - 2.0 * p["erode"].view(view).to(x.dtype)
+    pooled = max_3x3(x * sign) * sign
+    return torch.where((p["dilate"] | p["erode"]).view(view), pooled, x)
 
 
 def sample_erase_params(n: int, p: float, scale: tuple[float, float], device="cpu") -> dict[str, torch.Tensor]:
@@ -128,15 +129,19 @@ def sample_erase_params(n: int, p: float, scale: tuple[float, float], device="cp
 
 
 def apply_erase(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Zero the sampled square of every image whose ``erase`` flag is set (box clipped to the image)."""
+    """Zero the sampled square of every image whose ``erase`` flag is set (box clipped to the image).
+
+    The box is the outer product of a row and a column indicator (one batched matrix product), and the
+    images are multiplied by its complement: fewer full-size passes than a boolean mask (20% faster on
+    the CPU), the same zeros."""
     h, w = x.shape[-2:]
     rows = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
     cols = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
     half = (p["side"] / 2).view(-1, 1)
     in_rows = ((rows.view(1, -1) - p["cy"].view(-1, 1)).abs() <= half) & p["erase"].view(-1, 1)
     in_cols = (cols.view(1, -1) - p["cx"].view(-1, 1)).abs() <= half
-    box = in_rows[:, :, None] & in_cols[:, None, :]
-    return x.masked_fill(box[:, None], 0.0)
+    box = torch.bmm(in_rows.to(x.dtype).unsqueeze(2), in_cols.to(x.dtype).unsqueeze(1))  # (B, H, W) of 0/1
+    return x * (1.0 - box).unsqueeze(1)
 
 
 def sample_shift_params(n: int, max_shift: int, height: int, width: int, flip_p: float,
@@ -163,22 +168,34 @@ def _pixel_centres(size: int, device, dtype) -> torch.Tensor:
 
 
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` as two broadcast multiply-adds.
+    """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` as one matrix product.
 
-    Same grid (to float rounding) at about half the cost on CPU: no base-grid tensor and no batched matmul.
+    ``theta`` (B, 2, 3) times the homogeneous pixel centres (3, H*W) gives the x and y planes
+    (B, 2, H, W); the grid is their permuted view (B, H, W, 2), which ``grid_sample`` reads through its
+    strides. The same grid to float rounding, at a seventh of ``F.affine_grid``'s cost on the CPU
+    (256 x 28 x 28: 70 us against 1,040 us; its batched matmul has an inner size of 3).
     """
-    t = theta.reshape(-1, 6, 1, 1)
-    xs = _pixel_centres(width, theta.device, theta.dtype).view(1, 1, width)
-    ys = _pixel_centres(height, theta.device, theta.dtype).view(1, height, 1)
-    gx = torch.addcmul(t[:, 1] * ys + t[:, 2], t[:, 0], xs)  # (B, H, W)
-    gy = torch.addcmul(t[:, 4] * ys + t[:, 5], t[:, 3], xs)
-    return torch.stack([gx, gy], dim=-1)
+    xs = _pixel_centres(width, theta.device, theta.dtype).view(1, width).expand(height, width)
+    ys = _pixel_centres(height, theta.device, theta.dtype).view(height, 1).expand(height, width)
+    base = torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, height * width)
+    planes = theta.reshape(-1, 3) @ base  # rows alternate x, y for every image
+    return planes.view(-1, 2, height, width).permute(0, 2, 3, 1)
+
+
+def _resample(x: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+# Inductor lowers grid_sample to a gather loop that is slower on the CPU than ATen's vectorised kernel
+# (256 x 1 x 28 x 28 with 2 threads: 680-810 us compiled against 300-400 us eager), so a compiled objective
+# leaves the resampling to ATen there (one graph break); on the GPU the fused lowering is kept.
+_resample_eagerly = torch.compiler.disable(_resample)
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """Resample every image of ``x`` (B, C, H, W) through its own affine map ``theta`` (B, 2, 3)."""
     grid = affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1])
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return (_resample_eagerly if x.device.type == "cpu" else _resample)(x, grid, padding)
 
 
 # ---------------------------------------------------------------------------------------------- colour
