@@ -384,3 +384,16 @@ def test_digit_view_steps_compile_to_the_eager_images():
     torch._dynamo.reset()
     compiled = torch.compile(view)(x, theta, stroke, erase)
     assert torch.allclose(compiled, view(x, theta, stroke, erase), atol=1e-6)
+
+
+def test_views_keep_full_precision_under_autocast():
+    """The grid's and the erase box's matrix products must not drop to half precision under AMP."""
+    torch.manual_seed(0)
+    x = images(8, 1, 28)
+    theta = digit_theta(sample_digit_params(8, (0.3, 1.0), 20.0, 0.15))
+    erase = sample_erase_params(8, 1.0, (0.05, 0.2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grid = affine_grid(theta, 28, 28)
+        erased = apply_erase(x, erase)
+    assert grid.dtype == torch.float32 and erased.dtype == torch.float32
+    assert torch.equal(grid, affine_grid(theta, 28, 28)) and torch.equal(erased, apply_erase(x, erase))

@@ -140,7 +140,8 @@ def apply_erase(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     half = (p["side"] / 2).view(-1, 1)
     in_rows = ((rows.view(1, -1) - p["cy"].view(-1, 1)).abs() <= half) & p["erase"].view(-1, 1)
     in_cols = (cols.view(1, -1) - p["cx"].view(-1, 1)).abs() <= half
-    box = torch.bmm(in_rows.to(x.dtype).unsqueeze(2), in_cols.to(x.dtype).unsqueeze(1))  # (B, H, W) of 0/1
+    with torch.autocast(x.device.type, enabled=False):  # the images' own dtype under AMP too
+        box = torch.bmm(in_rows.to(x.dtype).unsqueeze(2), in_cols.to(x.dtype).unsqueeze(1))  # (B, H, W) of 0/1
     return x * (1.0 - box).unsqueeze(1)
 
 
@@ -178,7 +179,8 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     xs = _pixel_centres(width, theta.device, theta.dtype).view(1, width).expand(height, width)
     ys = _pixel_centres(height, theta.device, theta.dtype).view(height, 1).expand(height, width)
     base = torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, height * width)
-    planes = theta.reshape(-1, 3) @ base  # rows alternate x, y for every image
+    with torch.autocast(theta.device.type, enabled=False):  # coordinates in full precision under AMP too
+        planes = theta.reshape(-1, 3) @ base  # rows alternate x, y for every image
     return planes.view(-1, 2, height, width).permute(0, 2, 3, 1)
 
 
