@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(hostmem._libc() is None, reason="needs Linux wit
 # In one fresh interpreter: glibc's defaults, then the heap kept, then released once (still kept), then the
 # defaults restored. In each phase a 40 MB tensor (10,240 pages) is allocated, filled and freed 16 times,
 # and each round's minor page faults are listed. 40 MB is above glibc's largest mmap threshold, so by
-# default every round maps, faults in and unmaps fresh pages; with the heap kept, the first rounds grow the heap (one to seven of them, seen here:
-# right after the switch glibc may place the block afresh a few times before it settles) and the later
-# ones reuse it; the tests look at the last five.
+# default every round maps, faults in and unmaps fresh pages; with the heap kept, the first rounds grow the
+# heap (one to seven of them, seen here: right after the switch glibc may place the block afresh a few
+# times before it settles) and the later ones reuse it; the tests look at the last five.
 PROBE = """
 import json, resource
 import torch
