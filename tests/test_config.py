@@ -67,6 +67,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ('train.schedule="cosin"', "train.schedule = 'cosin' is not one of: constant, cosine, onecycle"),
     ('train.optimizer="lamb"', "train.optimizer = 'lamb' is not one of: adam, sgd"),
     ("train.momentum=1.5", "train.momentum must lie in [0, 1], got 1.5"),
+    ("objective.encoder_frozen_from=1.5", "objective.encoder_frozen_from must lie in [0, 1], got 1.5"),
     ("model.conv_widths=[8, 16]", "model.conv_widths must list 4 widths"),
     ("model.conv_strides=[1, 2, 2]", "model.conv_strides must list 4 strides of 1 or 2, the first 1"),
     ("model.conv_strides=[2, 2, 2, 2]", "model.conv_strides must list 4 strides of 1 or 2, the first 1"),

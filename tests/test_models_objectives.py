@@ -269,6 +269,34 @@ def test_input_view_stops_after_input_augment_until_of_the_epochs():
     assert used == [True] * 6 + [False] * 4
 
 
+def test_encoder_frozen_from_trains_only_the_decoder_in_the_last_epochs():
+    obj = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true",
+                                       "objective.encoder_frozen_from=0.75"))
+    optimizer = torch.optim.SGD(obj.parameters(), lr=0.1)
+    x, y = batch(RGB)
+    frozen = []
+    for epoch in range(4):
+        obj.train()
+        obj.start_epoch(epoch, 4)
+        obj.train()  # what the loop does each epoch must not unfreeze it
+        frozen.append(obj.encoder_frozen)
+        encoder_before = {k: v.clone() for k, v in obj.encoder.state_dict().items()}
+        decoder_before = [p.detach().clone() for p in obj.decoder.parameters()]
+        optimizer.zero_grad(set_to_none=True)
+        obj((x, y))[0].backward()
+        optimizer.step()
+        encoder_changed = any(not torch.equal(v, encoder_before[k]) for k, v in obj.encoder.state_dict().items())
+        decoder_changed = any(not torch.equal(p, q) for p, q in zip(obj.decoder.parameters(), decoder_before))
+        assert decoder_changed
+        # frozen: no gradient and no BatchNorm statistics update, so weights and running stats stay put
+        assert encoder_changed != obj.encoder_frozen
+        assert all((p.grad is None) == obj.encoder_frozen for p in obj.encoder.parameters())
+    assert frozen == [False, False, False, True]
+    assert not obj.encoder.training and obj.decoder.training
+    obj.start_epoch(0, 4)  # a schedule that starts again thaws it
+    assert obj.encoder.training and all(p.requires_grad for p in obj.encoder.parameters())
+
+
 def test_invariance_weight_adds_the_pull_between_the_codes_of_image_and_view():
     from latentbench.losses import invariance_loss, reconstruction_loss
     obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',

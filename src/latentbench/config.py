@@ -79,6 +79,9 @@ class ObjectiveConfig:
     input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
     invariance_weight: float = 0.0  # autoencoder: pull between the codes of x and of its input_augment view
+    # autoencoder: fraction of the epochs after which only the decoder trains (the encoder and its BatchNorm
+    # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits clean images
+    encoder_frozen_from: float = 1.0
 
 
 @dataclass
@@ -239,7 +242,8 @@ NON_NEGATIVE = {
 UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
     "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
-    "objective.input_augment_p", "objective.input_augment_until", "train.momentum",
+    "objective.input_augment_p", "objective.input_augment_until", "objective.encoder_frozen_from",
+    "train.momentum",
 }
 
 

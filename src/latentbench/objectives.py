@@ -11,6 +11,7 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        with ``latent_noise`` the decoder sees a noisy ``z`` in training;
                        with ``invariance_weight`` the code of the ``input_augment`` view is also pulled
                        toward the code of the training input (a contractive penalty along the views).
+                       with ``encoder_frozen_from`` < 1 only the decoder trains in the last epochs.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
                        (denoising) reconstruction term through a decoder (the report's CIFAR model).
@@ -96,9 +97,10 @@ class AutoencoderObjective(Objective):
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  input_augment_p: float = 1.0, input_augment_until: float = 1.0,
-                 invariance_weight: float = 0.0):
+                 invariance_weight: float = 0.0, encoder_frozen_from: float = 1.0):
         super().__init__(encoder)
         self.invariance_weight = invariance_weight
+        self.encoder_frozen_from, self.encoder_frozen = encoder_frozen_from, False
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
         self.latent_noise, self.mask_p, self.input_view = latent_noise, mask_p, input_view
         self.input_augment_p, self.input_augment_until = input_augment_p, input_augment_until
@@ -110,7 +112,7 @@ class AutoencoderObjective(Objective):
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg),
                    o.latent_noise, o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p,
-                   o.input_augment_until, o.invariance_weight)
+                   o.input_augment_until, o.invariance_weight, o.encoder_frozen_from)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -128,8 +130,23 @@ class AutoencoderObjective(Objective):
         return loss, stats
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
-        """The input view is used for the first ``input_augment_until`` of the epochs, then clean inputs."""
+        """The input view is used for the first ``input_augment_until`` of the epochs, then clean inputs; from
+        ``encoder_frozen_from`` of the epochs on, the encoder is frozen and only the decoder trains."""
         self.input_view_on = self.input_view is not None and epoch < self.input_augment_until * epochs
+        self.freeze_encoder(epoch >= self.encoder_frozen_from * epochs)
+
+    def freeze_encoder(self, frozen: bool) -> None:
+        """Stop (or restart) the encoder's training: no gradients for its weights, BatchNorm on its running
+        statistics (kept in eval mode by ``train()``), so the codes and skip maps stay as they are."""
+        self.encoder_frozen = frozen
+        self.encoder.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "AutoencoderObjective":
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
 
     def training_view(self, x: torch.Tensor) -> torch.Tensor | None:
         """The ``input_augment`` view of ``x`` while views are on this epoch, else None."""
