@@ -68,6 +68,8 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ('train.optimizer="lamb"', "train.optimizer = 'lamb' is not one of: adam, sgd"),
     ("train.momentum=1.5", "train.momentum must lie in [0, 1], got 1.5"),
     ("objective.encoder_frozen_from=1.5", "objective.encoder_frozen_from must lie in [0, 1], got 1.5"),
+    (["objective.encoder_frozen_from=0.8", 'objective.name="contrastive"'],
+     "objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the autoencoder objective only"),
     ("model.conv_widths=[8, 16]", "model.conv_widths must list 4 widths"),
     ("model.conv_strides=[1, 2, 2]", "model.conv_strides must list 4 strides of 1 or 2, the first 1"),
     ("model.conv_strides=[2, 2, 2, 2]", "model.conv_strides must list 4 strides of 1 or 2, the first 1"),
@@ -75,7 +77,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ("augment.crop_scale=[0.9, 0.1]", "augment.crop_scale must be [low, high] with 0 < low <= high"),
 ])
 def test_out_of_range_values_are_refused(override, message):
-    assert message in error_of([override])
+    assert message in error_of(override if isinstance(override, list) else [override])
 
 
 def test_malformed_override_and_missing_or_invalid_files(tmp_path):

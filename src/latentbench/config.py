@@ -335,6 +335,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("objective.invariance_weight > 0 needs a view to compare with: set "
                           "objective.input_augment (e.g. \"digits\"), and objective.input_augment_p = 0 to "
                           "reconstruct from clean images only")
+    if cfg.objective.encoder_frozen_from < 1 and cfg.objective.name != "autoencoder":
+        raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the autoencoder "
+                          f"objective only, not to objective.name = {cfg.objective.name!r}: leave it at 1")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
     strides = cfg.model.conv_strides

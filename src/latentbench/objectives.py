@@ -10,7 +10,7 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        image (denoising with geometric corruption);
                        with ``latent_noise`` the decoder sees a noisy ``z`` in training;
                        with ``invariance_weight`` the code of the ``input_augment`` view is also pulled
-                       toward the code of the training input (a contractive penalty along the views).
+                       toward the code of the training input (a contractive penalty along the views);
                        with ``encoder_frozen_from`` < 1 only the decoder trains in the last epochs.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
