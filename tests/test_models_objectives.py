@@ -285,7 +285,8 @@ def test_encoder_frozen_from_trains_only_the_decoder_in_the_last_epochs():
         optimizer.zero_grad(set_to_none=True)
         obj((x, y))[0].backward()
         optimizer.step()
-        encoder_changed = any(not torch.equal(v, encoder_before[k]) for k, v in obj.encoder.state_dict().items())
+        encoder_after = obj.encoder.state_dict()
+        encoder_changed = any(not torch.equal(v, encoder_before[k]) for k, v in encoder_after.items())
         decoder_changed = any(not torch.equal(p, q) for p, q in zip(obj.decoder.parameters(), decoder_before))
         assert decoder_changed
         # frozen: no gradient and no BatchNorm statistics update, so weights and running stats stay put

@@ -50,7 +50,8 @@ def test_quick_is_cheaper_than_paper(tmp_path):
 def test_runs_that_end_on_decoder_only_epochs_reach_them(name, tmp_path):
     """A recipe that freezes the encoder for its last epochs (the CIFAR-10 skip autoencoder) must still get
     some decoder-only epochs when a preset shortens it, or its decoder never fits clean images."""
-    staged = [r for r in plan_study(load_preset(name), tmp_path) if r.config.objective.encoder_frozen_from < 1]
+    plan = plan_study(load_preset(name), tmp_path)
+    staged = [r for r in plan if r.config.objective.encoder_frozen_from < 1]
     assert staged, "no recipe uses objective.encoder_frozen_from any more: drop this test"
     for r in staged:
         epochs, frozen_from = r.config.train.epochs, r.config.objective.encoder_frozen_from

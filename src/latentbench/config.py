@@ -80,7 +80,8 @@ class ObjectiveConfig:
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
     invariance_weight: float = 0.0  # autoencoder: pull between the codes of x and of its input_augment view
     # autoencoder: fraction of the epochs after which only the decoder trains (the encoder and its BatchNorm
-    # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits clean images
+    # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits
+    # clean images
     encoder_frozen_from: float = 1.0
 
 
@@ -336,8 +337,9 @@ def _check_ranges(cfg: RunConfig) -> None:
                           "objective.input_augment (e.g. \"digits\"), and objective.input_augment_p = 0 to "
                           "reconstruct from clean images only")
     if cfg.objective.encoder_frozen_from < 1 and cfg.objective.name != "autoencoder":
-        raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the autoencoder "
-                          f"objective only, not to objective.name = {cfg.objective.name!r}: leave it at 1")
+        raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the "
+                          f"autoencoder objective only, not to objective.name = {cfg.objective.name!r}: "
+                          f"leave it at 1")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
     strides = cfg.model.conv_strides
