@@ -324,33 +324,38 @@ def _cuda_peaks(lb: LatentbenchRun, ref: NaiveRun, device: torch.device) -> tupl
 
 # --------------------------------------------------------------------------------------------- t-SNE
 def tsne_bench(points: int, seed: int = 0) -> dict:
-    """openTSNE (the settings latentbench uses) vs scikit-learn's TSNE on the same MNIST test images."""
-    from openTSNE import TSNE as OpenTSNE
+    """latentbench's t-SNE map (``plots.tsne_map``: the settings ``latentbench eval`` uses) vs scikit-learn's
+    TSNE with its defaults, on the same MNIST test images (784-d pixels), timed and scored alike."""
     from sklearn.manifold import TSNE, trustworthiness
     from torchvision.datasets import MNIST
 
+    from latentbench.config import EvalConfig
     from latentbench.data import resolve_root
+    from latentbench.plots import tsne_map
 
     test = MNIST(str(resolve_root("")), train=False, download=False)
     gen = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(test.data), generator=gen)[:points]
-    x = (test.data[index].reshape(points, -1).float() / 255).numpy()
+    pixels = test.data[index].reshape(points, -1).float() / 255
+    x = pixels.numpy()
     jobs = usable_cores()
+    ev = EvalConfig()
     start = time.perf_counter()
-    fast = OpenTSNE(perplexity=30, n_jobs=jobs, random_state=seed, **OPENTSNE_SETTINGS).fit(x)
+    fast = tsne_map(pixels, ev.tsne_perplexity, ev.tsne_iters, seed, n_jobs=jobs)
     t_fast = time.perf_counter() - start
     start = time.perf_counter()
-    slow = TSNE(perplexity=30, init="pca", random_state=seed, n_jobs=jobs).fit_transform(x)
+    slow = TSNE(perplexity=ev.tsne_perplexity, init="pca", random_state=seed, n_jobs=jobs).fit_transform(x)
     t_slow = time.perf_counter() - start
     k = 10
     return {"points": points, "opentsne_s": t_fast, "sklearn_s": t_slow,
             "opentsne_trust": trustworthiness(x, fast, n_neighbors=k),
-            "sklearn_trust": trustworthiness(x, slow, n_neighbors=k), "k": k}
+            "sklearn_trust": trustworthiness(x, slow, n_neighbors=k), "k": k,
+            "settings": TSNE_SETTINGS}
 
 
-# Measured on the 2-core CPU (docs/speed.md): Barnes-Hut gradients are faster than FFT below ~10k points,
-# approximate neighbours (Annoy) are faster than exact ones at equal trustworthiness.
-OPENTSNE_SETTINGS = {"negative_gradient_method": "bh", "neighbors": "annoy", "initialization": "pca"}
+# What plots.tsne_map does (docs/evaluation.md has the measurements behind each choice).
+TSNE_SETTINGS = ("PCA to 50 dimensions, exact neighbours, 250 early-exaggeration + 250 iterations, "
+                 "FFT gradients with 2 interpolation points from 3,000 points (Barnes-Hut below)")
 
 
 # ------------------------------------------------------------------------------------------ compile
@@ -453,9 +458,10 @@ def main(argv=None) -> None:
         points = args.tsne_points or (2000 if args.quick else TSNE_POINTS)
         t = tsne_bench(points)
         results["tsne"] = t
-        lines += ["", f"t-SNE of {t['points']:,} MNIST test images (784-d pixels): openTSNE {t['opentsne_s']:.1f} s "
-                  f"(trustworthiness@{t['k']} {t['opentsne_trust']:.4f}) vs scikit-learn {t['sklearn_s']:.1f} s "
-                  f"({t['sklearn_trust']:.4f}); openTSNE settings {OPENTSNE_SETTINGS}."]
+        lines += ["", f"t-SNE of {t['points']:,} MNIST test images (784-d pixels): latentbench (openTSNE) "
+                  f"{t['opentsne_s']:.1f} s (trustworthiness@{t['k']} {t['opentsne_trust']:.4f}) vs "
+                  f"scikit-learn {t['sklearn_s']:.1f} s ({t['sklearn_trust']:.4f}); latentbench's settings: "
+                  f"{TSNE_SETTINGS}."]
     lines.append(f"\nLoad average after: {load_average()} (1 / 5 / 15 min; {usable_cores()} cores).")
     print("\n".join(lines))
     if args.json:

@@ -319,3 +319,34 @@ def test_invariance_weight_adds_the_pull_between_the_codes_of_image_and_view():
     obj.eval()
     _, eval_stats = obj((x, torch.zeros(16, dtype=torch.long)))
     assert "invariance" not in eval_stats  # validation measures reconstruction only
+
+
+def test_skips_from_decodes_from_the_code_alone_in_the_first_epochs():
+    obj = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true", "objective.skips_from=0.5"))
+    x, y = batch(RGB)
+    seen = []
+    original = obj.decoder.logits
+
+    def spy(z, skips=None):
+        seen.append(skips is not None)
+        return original(z, skips)
+
+    obj.decoder.logits = spy
+    for epoch in range(4):
+        obj.start_epoch(epoch, 4)
+        obj.train()
+        obj((x, y))
+        obj.eval()
+        obj((x, y))  # validation decodes as training does in the same epoch
+    assert seen == [False, False, False, False, True, True, True, True]
+    obj.decoder.logits = original
+    obj.eval()
+    with torch.no_grad():
+        z, maps = obj.encoder.features(x)
+        for epoch, decoded in ((0, obj.decoder(z, None)), (2, obj.decoder(z, maps))):
+            obj.start_epoch(epoch, 4)
+            assert torch.allclose(obj((x, y))[1]["mae"], (decoded - x).abs().mean())
+        assert not torch.allclose(obj.decoder(z, None), obj.decoder(z, maps))
+    fresh = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true",
+                                         "objective.skips_from=0.5"))
+    assert fresh.skips_on  # a model loaded for evaluation (no start_epoch) uses its skips

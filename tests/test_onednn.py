@@ -8,7 +8,13 @@ from torch import nn
 
 from latentbench import onednn
 
-pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear op")
+pytestmark = pytest.mark.skipif(not onednn.supported(), reason="this torch has no oneDNN linear op")
+
+
+@pytest.fixture(autouse=True)
+def switched_on(monkeypatch):
+    """These tests check the oneDNN path itself, whatever this CPU's default (``auto``) would pick."""
+    monkeypatch.setenv(onednn.ENV_SWITCH, "1")
 
 
 def twins(bias: bool = True) -> tuple[nn.Linear, nn.Linear]:
@@ -58,6 +64,17 @@ def test_environment_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv(onednn.ENV_SWITCH, "0")
     layer = nn.Linear(3, 2)
     assert onednn.enable(layer, min_weights=0) == 0 and type(layer) is nn.Linear
+
+
+@pytest.mark.parametrize("capability,expected",
+                         [("AVX512", 1), ("AVX512_BF16", 1), ("AVX2", 0), ("DEFAULT", 0)])
+def test_auto_uses_onednn_only_on_avx512_cpus(monkeypatch, capability, expected):
+    monkeypatch.setenv(onednn.ENV_SWITCH, "auto")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    layer = nn.Linear(3, 2)
+    assert onednn.enable(layer, min_weights=0) == expected
+    monkeypatch.delenv(onednn.ENV_SWITCH)  # unset means auto too
+    assert onednn.available() == bool(expected)
 
 
 def test_enable_counts_nested_layers_and_skips_subclasses():

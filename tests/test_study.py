@@ -57,6 +57,9 @@ def test_runs_that_end_on_decoder_only_epochs_reach_them(name, tmp_path):
         epochs, frozen_from = r.config.train.epochs, r.config.objective.encoder_frozen_from
         decoder_only = [e for e in range(epochs) if e >= frozen_from * epochs]
         assert 0 < len(decoder_only) < epochs, (r.dataset, r.model, epochs, frozen_from)
+        # a decoder kept from its skip maps until then gets them exactly in the decoder-only epochs
+        skips_from = r.config.objective.skips_from
+        assert skips_from in (0.0, frozen_from), (r.dataset, r.model, skips_from, frozen_from)
 
 
 def test_recipes_are_read_from_configs_in_one_place():

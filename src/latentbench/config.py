@@ -83,6 +83,9 @@ class ObjectiveConfig:
     # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits
     # clean images
     encoder_frozen_from: float = 1.0
+    # autoencoder with model.skips: fraction of the epochs before which the decoder gets no skip maps (the
+    # code must carry the image alone, as without skips); 0 = skips from the start
+    skips_from: float = 0.0
 
 
 @dataclass
@@ -244,6 +247,7 @@ UNIT_INTERVAL = {
     "data.val_fraction", "model.classifier_dropout", "augment.flip_p", "augment.jitter_p",
     "augment.gray_p", "objective.label_smoothing", "augment.stroke_p", "augment.erase_p", "objective.mask_p",
     "objective.input_augment_p", "objective.input_augment_until", "objective.encoder_frozen_from",
+    "objective.skips_from",
     "train.momentum",
 }
 
@@ -340,6 +344,11 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the "
                           f"autoencoder objective only, not to objective.name = {cfg.objective.name!r}: "
                           f"leave it at 1")
+    if cfg.objective.skips_from > 0 and not (cfg.objective.name == "autoencoder" and cfg.model.skips):
+        skips = str(cfg.model.skips).lower()
+        raise ConfigError(f"objective.skips_from > 0 (epochs without the decoder's skip maps) applies to the "
+                          f"autoencoder with model.skips = true only (objective.name = "
+                          f"{cfg.objective.name!r}, model.skips = {skips}): leave it at 0")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
     strides = cfg.model.conv_strides

@@ -11,7 +11,8 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        with ``latent_noise`` the decoder sees a noisy ``z`` in training;
                        with ``invariance_weight`` the code of the ``input_augment`` view is also pulled
                        toward the code of the training input (a contractive penalty along the views);
-                       with ``encoder_frozen_from`` < 1 only the decoder trains in the last epochs.
+                       with ``encoder_frozen_from`` < 1 only the decoder trains in the last epochs;
+                       with ``skips_from`` > 0 the decoder gets no skip maps in the first epochs.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
                        (denoising) reconstruction term through a decoder (the report's CIFAR model).
@@ -97,8 +98,9 @@ class AutoencoderObjective(Objective):
                  view: Callable[[torch.Tensor], torch.Tensor] | None = None, latent_noise: float = 0.0,
                  mask_p: float = 0.0, input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  input_augment_p: float = 1.0, input_augment_until: float = 1.0,
-                 invariance_weight: float = 0.0, encoder_frozen_from: float = 1.0):
+                 invariance_weight: float = 0.0, encoder_frozen_from: float = 1.0, skips_from: float = 0.0):
         super().__init__(encoder)
+        self.skips_from, self.skips_on = skips_from, True
         self.invariance_weight = invariance_weight
         self.encoder_frozen_from, self.encoder_frozen = encoder_frozen_from, False
         self.decoder, self.recon_loss, self.noise_std, self.view = decoder, recon_loss, noise_std, view
@@ -112,7 +114,7 @@ class AutoencoderObjective(Objective):
         o = cfg.objective
         return cls(encoder, decoder, o.recon_loss, o.noise_std, _view_fn(o.recon_augment, cfg),
                    o.latent_noise, o.mask_p, _view_fn(o.input_augment, cfg), o.input_augment_p,
-                   o.input_augment_until, o.invariance_weight, o.encoder_frozen_from)
+                   o.input_augment_until, o.invariance_weight, o.encoder_frozen_from, o.skips_from)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -121,7 +123,8 @@ class AutoencoderObjective(Objective):
         x_view = self.training_view(x) if self.training else None
         z, skips = self.encoder.features(self.corrupted(x, x_view) if self.training else x)
         z_decoded = perturb_latent(z, self.latent_noise) if self.training and self.latent_noise > 0 else z
-        loss, x_hat = decode_with_loss(self.decoder, z_decoded, skips, x, self.recon_loss)
+        loss, x_hat = decode_with_loss(self.decoder, z_decoded, skips if self.skips_on else None, x,
+                                       self.recon_loss)
         stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
         if x_view is not None and self.invariance_weight > 0:
             invariance = invariance_loss(self.encoder(x_view), z)
@@ -131,8 +134,11 @@ class AutoencoderObjective(Objective):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """The input view is used for the first ``input_augment_until`` of the epochs, then clean inputs; from
-        ``encoder_frozen_from`` of the epochs on, the encoder is frozen and only the decoder trains."""
+        ``encoder_frozen_from`` of the epochs on, the encoder is frozen and only the decoder trains; before
+        ``skips_from`` of the epochs the decoder reconstructs from the code alone (training and validation
+        alike; a trained model, as evaluation loads it, always uses its skips)."""
         self.input_view_on = self.input_view is not None and epoch < self.input_augment_until * epochs
+        self.skips_on = epoch >= self.skips_from * epochs
         self.freeze_encoder(epoch >= self.encoder_frozen_from * epochs)
 
     def freeze_encoder(self, frozen: bool) -> None:

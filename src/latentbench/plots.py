@@ -5,11 +5,12 @@ backend (no display needed) and writes the PNG atomically. Classes are coloured 
 palette: Okabe & Ito's eight colours plus grey and dark brown (:data:`PALETTE`).
 
 :func:`tsne_map` computes a 2-D t-SNE map with openTSNE: PCA to 50 dimensions, exact nearest neighbours
-(deterministic, and faster than Annoy at these sizes), FFT-accelerated gradients from 3,000 points on
-(Barnes-Hut below, where FFT's fixed cost dominates), the standard 250 early-exaggeration iterations and
-``iters`` (default 250) normal ones. Measured on 5,000 MNIST test images: 250 instead of openTSNE's 500
-normal iterations halves the CPU time (15 s vs 31 s) at equal trustworthiness (0.981 both; see
-docs/evaluation.md).
+(deterministic, and faster than Annoy at these sizes), FFT-accelerated gradients with 2 interpolation points
+per interval from 3,000 points on (Barnes-Hut below, where FFT's fixed cost dominates), the standard 250
+early-exaggeration iterations and ``iters`` (default 250) normal ones. Measured on 5,000 MNIST test images:
+250 instead of openTSNE's 500 normal iterations halves the CPU time (15 s vs 31 s) at equal trustworthiness
+(0.981 both), and 2 instead of openTSNE's 3 interpolation points take 6.9-7.6 s instead of 16.7-18.0 s, again
+at equal trustworthiness (0.9877 vs 0.9884 at 5 neighbours; see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ def plot_interpolation(x_a: torch.Tensor, x_b: torch.Tensor, frames: torch.Tenso
     save_figure(fig, path)
 
 
-# FFT-interpolated gradients cost a fixed ~10 s per map whatever N; Barnes-Hut grows with N. Measured CPU seconds
-# (exact neighbours, 250+250 iterations): 200 points bh 1.0 / fft 9.6; 5,000 MNIST test images bh 19.7 / fft 15.0.
+# FFT-interpolated gradients have a fixed cost per map whatever N; Barnes-Hut grows with N. Measured CPU
+# seconds (exact neighbours, 250+250 iterations): 200 points bh 1.0 / fft 9.6; 5,000 MNIST test images bh 19.7
+# / fft 15.0. Session 16 (Zen 3 host, 2 jobs, wall seconds, PCA-50 of MNIST test images, two runs each), FFT
+# with 2 interpolation points: 1,000 bh 1.4-1.7 / fft 3.5-3.8; 2,000 bh 3.6-4.0 / fft 4.4-4.9; 3,000 bh
+# 6.4-6.7 / fft 4.8-6.4; 5,000 bh 12.6-12.9 / fft 6.9-7.6 (3 points: 16.7-18.0); trustworthiness within 0.003
+# of each other throughout.
 FFT_FROM_POINTS = 3000
+FFT_INTERPOLATION_POINTS = 2  # openTSNE's default 3 takes 2.3x the time here for no gain in trustworthiness
 
 
 def tsne_map(features: torch.Tensor, perplexity: float, iters: int, seed: int, n_jobs: int = 2,
@@ -121,10 +127,11 @@ def tsne_map(features: torch.Tensor, perplexity: float, iters: int, seed: int, n
         _, _, v = torch.pca_lowrank(x, q=q, center=False, niter=4)
         x = x @ v
     perplexity = min(perplexity, max(1.0, (x.shape[0] - 1) / 3.0))  # openTSNE needs 3 * perplexity < N
-    gradient = "fft" if x.shape[0] >= FFT_FROM_POINTS else "bh"
+    fft = x.shape[0] >= FFT_FROM_POINTS
+    extra = {"n_interpolation_points": FFT_INTERPOLATION_POINTS} if fft else {}
     tsne = TSNE(n_components=2, perplexity=perplexity, n_iter=iters, neighbors="exact",
-                negative_gradient_method=gradient, initialization="pca", random_state=seed, n_jobs=n_jobs,
-                verbose=False)
+                negative_gradient_method="fft" if fft else "bh", initialization="pca", random_state=seed,
+                n_jobs=n_jobs, verbose=False, **extra)
     return np.asarray(tsne.fit(np.ascontiguousarray(x.numpy())))
 
 

@@ -363,7 +363,7 @@ class Trainer:
         if self.conv:
             self.objective = self.objective.to(memory_format=torch.channels_last)
         if self.device.type == "cpu":
-            onednn.enable(self.objective)  # Linear layers through oneDNN's AVX-512 GEMM (see onednn.py)
+            onednn.enable(self.objective)  # Linear layers through oneDNN on AVX-512 CPUs (see onednn.py)
             hostmem.keep_freed_memory()  # each step reuses the last one's memory without page faults
         self.step_module: nn.Module = self._wrap(self.objective)
         if t.batch_size % self.dist.world_size:
