@@ -295,6 +295,22 @@ def test_digit_views_use_stroke_and_erase_when_enabled():
     assert not torch.allclose(stroked, x) and float(stroked.min()) >= 0 and float(stroked.max()) <= 1
 
 
+def test_color_views_erase_a_square_only_when_asked_and_draw_nothing_more_otherwise():
+    x = images(64, 3, 32) * 0.9 + 0.1  # no zero pixels before erasing
+    cfg = AugmentConfig(gray_p=0.0, jitter_p=0.0)
+    torch.manual_seed(0)
+    plain = augment(x, "color", cfg)
+    torch.manual_seed(0)
+    assert torch.equal(augment(x, "color", cfg), plain)  # erase_p = 0: the same random stream as before
+    cfg.erase_p, cfg.erase_scale = 1.0, [0.25, 0.25]
+    torch.manual_seed(0)
+    erased = augment(x, "color", cfg)
+    zero = (erased == 0).all(dim=1)  # whole pixels, every channel
+    share = zero.float().mean(dim=(1, 2))  # a 16x16 square is 25% of the image; at a corner a quarter of it
+    assert bool((share > 0.06).all()) and float(share.mean()) > 0.12
+    assert torch.equal(erased[~zero.unsqueeze(1).expand_as(erased)], plain[~zero.unsqueeze(1).expand_as(plain)])
+
+
 def test_mask_pixels_zeroes_a_fraction_p_of_pixels_with_one_mask_across_channels():
     from latentbench.augment import mask_pixels
     torch.manual_seed(0)

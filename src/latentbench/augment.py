@@ -7,7 +7,8 @@ sampled with ``grid_sample``; colour jitter is a few broadcast tensor ops. Pixel
 
 Kinds:
   * ``color``: SimCLR's view pipeline: random resized crop, horizontal flip, colour jitter with
-    probability, random grayscale (Chen et al. 2020, appendix A).
+    probability, random grayscale (Chen et al. 2020, appendix A); optionally random erasing of a square
+    after them (``erase_p``, off by default).
   * ``digits``: crop/scale, small rotation and translation; no flips or colour (a flipped 2 is no 2).
     Optionally, with probability, a thicker or thinner stroke (3x3 grey dilation or erosion) and
     random erasing of a square (Zhong et al. 2020), both off by default.
@@ -259,7 +260,10 @@ def augment(x: torch.Tensor, kind: str, cfg: AugmentConfig) -> torch.Tensor:
     if kind == "color":
         geo = sample_crop_params(n, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), cfg.flip_p, x.device)
         out = warp(x, crop_theta(geo), padding="border")
-        return apply_color(out, sample_color_params(n, cfg, x.device)) if c == 3 else out
+        out = apply_color(out, sample_color_params(n, cfg, x.device)) if c == 3 else out
+        if cfg.erase_p > 0:  # random erasing after the colour changes (off by default: SimCLR has none)
+            out = apply_erase(out, sample_erase_params(n, cfg.erase_p, tuple(cfg.erase_scale), x.device))
+        return out
     if kind == "digits":
         geo = sample_digit_params(n, tuple(cfg.digit_crop_scale), cfg.rotation_deg, cfg.translate, x.device)
         out = warp(x, digit_theta(geo), padding="zeros")

@@ -103,7 +103,7 @@ class AugmentConfig:
     rotation_deg: float = 15.0  # digits: uniform rotation in [-deg, deg]
     translate: float = 0.1  # digits: shift as a fraction of the image side
     stroke_p: float = 0.0  # digits: probability of a thicker or thinner stroke (3x3 dilation / erosion)
-    erase_p: float = 0.0  # digits and crop_flip: probability of erasing a random square (cutout)
+    erase_p: float = 0.0  # digits, crop_flip and color: probability of erasing a random square (cutout)
     erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.15])  # erased area fraction range
 
 
