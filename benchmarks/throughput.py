@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from naive_reference import NaiveRun  # noqa: E402
 
-from latentbench import hostmem, onednn  # noqa: E402
-from latentbench.config import RunConfig, load_config  # noqa: E402
+from latentbench import hostmem, onednn, plots  # noqa: E402
+from latentbench.config import EvalConfig, RunConfig, load_config  # noqa: E402
 from latentbench.data import Splits, load_splits  # noqa: E402
 from latentbench.train import RunPaths, Trainer, cpu_name, usable_cores  # noqa: E402
 
@@ -329,9 +329,7 @@ def tsne_bench(points: int, seed: int = 0) -> dict:
     from sklearn.manifold import TSNE, trustworthiness
     from torchvision.datasets import MNIST
 
-    from latentbench.config import EvalConfig
     from latentbench.data import resolve_root
-    from latentbench.plots import tsne_map
 
     test = MNIST(str(resolve_root("")), train=False, download=False)
     gen = torch.Generator().manual_seed(seed)
@@ -341,7 +339,7 @@ def tsne_bench(points: int, seed: int = 0) -> dict:
     jobs = usable_cores()
     ev = EvalConfig()
     start = time.perf_counter()
-    fast = tsne_map(pixels, ev.tsne_perplexity, ev.tsne_iters, seed, n_jobs=jobs)
+    fast = plots.tsne_map(pixels, ev.tsne_perplexity, ev.tsne_iters, seed, n_jobs=jobs)
     t_fast = time.perf_counter() - start
     start = time.perf_counter()
     slow = TSNE(perplexity=ev.tsne_perplexity, init="pca", random_state=seed, n_jobs=jobs).fit_transform(x)
@@ -353,9 +351,10 @@ def tsne_bench(points: int, seed: int = 0) -> dict:
             "settings": TSNE_SETTINGS}
 
 
-# What plots.tsne_map does (docs/evaluation.md has the measurements behind each choice).
-TSNE_SETTINGS = ("PCA to 50 dimensions, exact neighbours, 250 early-exaggeration + 250 iterations, "
-                 "FFT gradients with 2 interpolation points from 3,000 points (Barnes-Hut below)")
+# What plots.tsne_map does with the evaluation's defaults (docs/evaluation.md: the measurements behind each).
+TSNE_SETTINGS = (f"PCA to 50 dimensions, exact neighbours, 250 early-exaggeration + {EvalConfig().tsne_iters} "
+                 f"iterations, FFT gradients with {plots.FFT_INTERPOLATION_POINTS} interpolation points from "
+                 f"{plots.FFT_FROM_POINTS:,} points (Barnes-Hut below)")
 
 
 # ------------------------------------------------------------------------------------------ compile
