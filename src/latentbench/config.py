@@ -349,6 +349,11 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.skips_from > 0 (epochs without the decoder's skip maps) applies to the "
                           f"autoencoder with model.skips = true only (objective.name = "
                           f"{cfg.objective.name!r}, model.skips = {skips}): leave it at 0")
+    if cfg.train.epochs - 1 < cfg.objective.skips_from * cfg.train.epochs:
+        highest = (cfg.train.epochs - 1) / cfg.train.epochs
+        raise ConfigError(f"objective.skips_from = {cfg.objective.skips_from} leaves none of the "
+                          f"{cfg.train.epochs} epochs with the skip maps, which evaluation uses: lower it "
+                          f"(at most {highest:g}) or set model.skips = false")
     if len(cfg.model.conv_widths) != 4:
         raise ConfigError(f"model.conv_widths must list 4 widths (four conv layers), got {cfg.model.conv_widths}")
     strides = cfg.model.conv_strides
