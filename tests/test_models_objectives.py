@@ -109,6 +109,7 @@ CASES = [(e, o, extra) for e in names("encoder") for o, extra in [
     ("autoencoder", ('objective.recon_augment="digits"',)), ("supervised", ()),
     ("supervised", ('objective.supervised_augment="crop_flip"',)), ("contrastive", ()),
     ("contrastive", ("objective.recon_weight=1.0", "objective.noise_std=0.1")),
+    ("contrastive", ("objective.recon_weight=1.0", "objective.noise_std=0.1", 'objective.recon_from="view"')),
 ]]
 
 
@@ -350,3 +351,45 @@ def test_skips_from_decodes_from_the_code_alone_in_the_first_epochs():
     fresh = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true",
                                          "objective.skips_from=0.5"))
     assert fresh.skips_on  # a model loaded for evaluation (no start_epoch) uses its skips
+
+
+@pytest.mark.parametrize("recon_from,training_passes", [("image", 2), ("view", 1)])
+def test_contrastive_recon_from_view_decodes_the_first_corrupted_views_code(recon_from, training_passes):
+    obj = build_objective(RGB, cfg_for("conv", "contrastive", "objective.recon_weight=1.0",
+                                       "objective.noise_std=0.1", f'objective.recon_from="{recon_from}"',
+                                       'objective.augment="none"'))  # views = the image: the noise shows
+    x, y = batch(RGB)
+    inputs, codes, decoded = [], [], []
+    features, logits = obj.encoder.features, obj.decoder.logits
+
+    def spy_features(v):
+        inputs.append(v.detach().clone())
+        z, maps = features(v)
+        codes.append(z.detach().clone())
+        return z, maps
+
+    def spy_logits(z, skips=None):
+        decoded.append(z.detach().clone())
+        return logits(z, skips)
+
+    obj.encoder.features, obj.decoder.logits = spy_features, spy_logits
+    obj.train()
+    torch.manual_seed(1)
+    loss, stats = obj((x, y))
+    loss.backward()
+    n = x.shape[0]
+    assert len(inputs) == training_passes and inputs[0].shape[0] == 2 * n
+    assert torch.equal(inputs[0][n:], x)  # the second view: no denoising noise
+    if recon_from == "view":
+        assert not torch.allclose(inputs[0][:n], x) and (inputs[0][:n] - x).std() > 0.05  # the first: noisy
+        assert torch.equal(decoded[0], codes[0][:n])
+    else:
+        assert torch.equal(inputs[0][:n], x) and not torch.allclose(inputs[1], x)
+        assert torch.equal(decoded[0], codes[1])
+    assert stats["mae"] > 0
+    inputs.clear(), decoded.clear(), codes.clear()
+    obj.eval()
+    with torch.no_grad():
+        obj((x, y))
+    assert len(inputs) == 2 and torch.equal(inputs[1], x)  # validation: the clean image's code, either way
+    assert torch.equal(decoded[0], codes[1])

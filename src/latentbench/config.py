@@ -69,6 +69,10 @@ class ObjectiveConfig:
     proj_hidden: int = 512  # projection head hidden width
     proj_dim: int = 128  # projection head output
     recon_weight: float = 0.0  # contrastive: weight of the (denoising) reconstruction term
+    # contrastive: the code the decoder reconstructs the clean image from: "image" (a third encoder pass over
+    # the image with noise_std / mask_p) | "view" (the first view's code, that view corrupted by noise_std /
+    # mask_p: the view is the corruption, as in input_augment = "color"; one encoder pass fewer)
+    recon_from: str = "image"
     augment: str = "auto"  # view augmentation: auto | digits | color | none
     supervised_augment: str = "none"  # supervised training augmentation: none | crop_flip | digits
     recon_augment: str = "none"  # autoencoder: augment the training input, reconstruct the augmented image
@@ -216,6 +220,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.supervised_augment": TRAINING_AUGMENTS,
     "objective.recon_augment": TRAINING_AUGMENTS,
     "objective.input_augment": (*TRAINING_AUGMENTS, "color", "erase"),  # corruptions: SimCLR's views fit too
+    "objective.recon_from": ("image", "view"),
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.optimizer": ("adam", "sgd"),
@@ -344,6 +349,12 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the "
                           f"autoencoder objective only, not to objective.name = {cfg.objective.name!r}: "
                           f"leave it at 1")
+    if cfg.objective.recon_from != "image" and not (cfg.objective.name == "contrastive"
+                                                    and cfg.objective.recon_weight > 0):
+        raise ConfigError(f"objective.recon_from = {cfg.objective.recon_from!r} chooses the code the contrastive "
+                          f"objective's reconstruction term decodes; it needs objective.name = \"contrastive\" "
+                          f"and objective.recon_weight > 0 (got {cfg.objective.name!r}, "
+                          f"{cfg.objective.recon_weight}): leave it at \"image\"")
     if cfg.objective.skips_from > 0 and not (cfg.objective.name == "autoencoder" and cfg.model.skips):
         skips = str(cfg.model.skips).lower()
         raise ConfigError(f"objective.skips_from > 0 (epochs without the decoder's skip maps) applies to the "

@@ -15,7 +15,9 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        with ``skips_from`` > 0 the decoder gets no skip maps in the first epochs.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
   * ``contrastive``  - SimCLR NT-Xent between two augmented views via a projection head, plus an optional
-                       (denoising) reconstruction term through a decoder (the report's CIFAR model).
+                       (denoising) reconstruction term through a decoder (the report's CIFAR model),
+                       decoding a third pass over the noisy image or, with ``recon_from = "view"``, the
+                       first view's code (that view is the corruption).
 """
 
 from __future__ import annotations
@@ -198,9 +200,10 @@ class ContrastiveObjective(Objective):
 
     def __init__(self, encoder: Encoder, projector: nn.Module, view: Callable[[torch.Tensor], torch.Tensor],
                  temperature: float = 0.5, decoder: nn.Module | None = None, recon_weight: float = 0.0,
-                 noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0):
+                 noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0, recon_from: str = "image"):
         super().__init__(encoder)
         self.projector, self.view, self.temperature = projector, view, temperature
+        self.recon_from = recon_from
         self.decoder = decoder if recon_weight > 0 else None
         self.recon_weight, self.noise_std, self.recon_loss = recon_weight, noise_std, recon_loss
         self.mask_p = mask_p
@@ -213,7 +216,7 @@ class ContrastiveObjective(Objective):
         view = _view_fn(view_kind(o.augment, spec.channels), cfg) or (lambda x: x)
         projector = ProjectionHead(cfg.model.latent_dim, o.proj_hidden, o.proj_dim)
         return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std,
-                   o.recon_loss, o.mask_p)
+                   o.recon_loss, o.mask_p, o.recon_from)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -221,12 +224,19 @@ class ContrastiveObjective(Objective):
         # Both views in one batched augmentation call (parameters drawn per row, so the two copies of an
         # image get independent views) and one encoder pass (shared BN statistics).
         views = self.view(torch.cat([x, x]))
-        p = self.projector(self.encoder(views))
+        from_view = self.decoder is not None and self.recon_from == "view" and self.training
+        if from_view:  # the first view, corrupted, is the denoising input: its code is decoded below
+            views = torch.cat([corrupt(views[:n], self.noise_std, self.mask_p), views[n:]])
+        z_views, view_skips = self.encoder.features(views)
+        p = self.projector(z_views)
         contrastive = nt_xent(p[:n], p[n:], self.temperature, self.gather, self.rank)
         stats: Stats = {"nt_xent": contrastive.detach()}
         loss = contrastive
         if self.decoder is not None:
-            z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
+            if from_view:
+                z, skips = z_views[:n], [m[:n] for m in view_skips]
+            else:  # a third pass; in validation the clean image, so val MAE measures plain reconstruction
+                z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
             recon, x_hat = decode_with_loss(self.decoder, z, skips, x, self.recon_loss)
             loss = loss + self.recon_weight * recon
             stats.update({"recon": recon.detach(), **_pixel_errors(x_hat, x)})
