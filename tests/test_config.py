@@ -78,7 +78,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     (["model.skips=true", "objective.skips_from=0.9", "train.epochs=5"],
      "objective.skips_from = 0.9 leaves none of the 5 epochs with the skip maps"),
     ('objective.recon_from="code"', "objective.recon_from = 'code' is not one of: image, view"),
-    ('objective.recon_from="view"', "objective.recon_from = 'view' chooses the code the contrastive objective's"),
+    ('objective.recon_from="view"', "objective.recon_from = 'view' chooses the code the contrastive"),
     (['objective.recon_from="view"', 'objective.name="contrastive"'],
      'needs objective.name = "contrastive" and objective.recon_weight > 0 (got \'contrastive\', 0.0)'),
     ("model.conv_widths=[8, 16]", "model.conv_widths must list 4 widths"),

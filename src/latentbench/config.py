@@ -351,9 +351,9 @@ def _check_ranges(cfg: RunConfig) -> None:
                           f"leave it at 1")
     if cfg.objective.recon_from != "image" and not (cfg.objective.name == "contrastive"
                                                     and cfg.objective.recon_weight > 0):
-        raise ConfigError(f"objective.recon_from = {cfg.objective.recon_from!r} chooses the code the contrastive "
-                          f"objective's reconstruction term decodes; it needs objective.name = \"contrastive\" "
-                          f"and objective.recon_weight > 0 (got {cfg.objective.name!r}, "
+        raise ConfigError(f"objective.recon_from = {cfg.objective.recon_from!r} chooses the code the "
+                          f"contrastive objective's reconstruction term decodes; it needs objective.name = "
+                          f"\"contrastive\" and objective.recon_weight > 0 (got {cfg.objective.name!r}, "
                           f"{cfg.objective.recon_weight}): leave it at \"image\"")
     if cfg.objective.skips_from > 0 and not (cfg.objective.name == "autoencoder" and cfg.model.skips):
         skips = str(cfg.model.skips).lower()

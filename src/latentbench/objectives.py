@@ -200,7 +200,8 @@ class ContrastiveObjective(Objective):
 
     def __init__(self, encoder: Encoder, projector: nn.Module, view: Callable[[torch.Tensor], torch.Tensor],
                  temperature: float = 0.5, decoder: nn.Module | None = None, recon_weight: float = 0.0,
-                 noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0, recon_from: str = "image"):
+                 noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0,
+                 recon_from: str = "image"):
         super().__init__(encoder)
         self.projector, self.view, self.temperature = projector, view, temperature
         self.recon_from = recon_from
@@ -236,7 +237,8 @@ class ContrastiveObjective(Objective):
             if from_view:
                 z, skips = z_views[:n], [m[:n] for m in view_skips]
             else:  # a third pass; in validation the clean image, so val MAE measures plain reconstruction
-                z, skips = self.encoder.features(corrupt(x, self.noise_std, self.mask_p) if self.training else x)
+                x_in = corrupt(x, self.noise_std, self.mask_p) if self.training else x
+                z, skips = self.encoder.features(x_in)
             recon, x_hat = decode_with_loss(self.decoder, z, skips, x, self.recon_loss)
             loss = loss + self.recon_weight * recon
             stats.update({"recon": recon.detach(), **_pixel_errors(x_hat, x)})
