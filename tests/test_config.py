@@ -77,6 +77,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
      "objective.skips_from = 1.0 leaves none of the 20 epochs with the skip maps, which evaluation uses"),
     (["model.skips=true", "objective.skips_from=0.9", "train.epochs=5"],
      "objective.skips_from = 0.9 leaves none of the 5 epochs with the skip maps"),
+    ('model.conv_pool="max"', "model.conv_pool = 'max' is not one of: flatten, avg"),
     ('objective.recon_from="code"', "objective.recon_from = 'code' is not one of: image, view"),
     ('objective.recon_from="view"', "objective.recon_from = 'view' chooses the code the contrastive"),
     (['objective.recon_from="view"', 'objective.name="contrastive"'],

@@ -51,6 +51,20 @@ def test_conv_strides_set_the_map_sizes_and_the_decoder_mirrors_them(spec, strid
     assert dec(z, maps if skips else None).shape == x.shape
 
 
+@pytest.mark.parametrize("strides", [[1, 2, 2, 2], [1, 1, 2, 2]])
+def test_conv_pool_avg_maps_the_mean_of_the_last_map_to_z(strides):
+    cfg = cfg_for("conv", "autoencoder", "model.conv_pool=\"avg\"", f"model.conv_strides={strides}")
+    enc, dec = build_encoder_decoder(RGB, cfg.model)
+    x, _ = batch(RGB)
+    z, maps = enc.features(x)
+    last = maps[-1]
+    means = torch.stack([last[:, c].reshape(len(x), -1).sum(1) / last[0, c].numel()
+                         for c in range(last.shape[1])], dim=1)
+    assert enc.fc.in_features == last.shape[1]
+    torch.testing.assert_close(z, means @ enc.fc.weight.T + enc.fc.bias)
+    assert dec(z).shape == x.shape  # the decoder still starts from the whole last map
+
+
 def test_skip_decoder_uses_encoder_maps():
     cfg = cfg_for("conv", "autoencoder", "model.skips=true")
     enc, dec = build_encoder_decoder(RGB, cfg.model)

@@ -301,6 +301,7 @@ def test_a_key_added_later_counts_as_its_default_in_an_older_run():
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "latent_dim": 32}),
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_strides": [1, 1, 2, 2]}),
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_strides": [1, 2, 1, 2]}),
+    ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_pool": "avg"}),
 ])
 def test_model_macs_match_torchs_flop_counter_on_the_built_models(kind, channels, size, widths):
     import dataclasses

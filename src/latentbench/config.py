@@ -52,6 +52,9 @@ class ModelConfig:
     mlp_batchnorm: bool = False  # BatchNorm1d after each hidden layer of the MLP encoder (not the decoder)
     conv_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # four conv layers
     conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2])  # 32x32 -> 32, 16, 8, 4
+    # the last map to z: flatten (the report's: every position its own weights) | avg (global average pool
+    # first, as ResNets do: position-free, widths[-1] inputs to the linear)
+    conv_pool: str = "flatten"
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
     classifier_dropout: float = 0.2
@@ -222,6 +225,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.input_augment": (*TRAINING_AUGMENTS, "color", "erase"),  # corruptions: SimCLR's views fit too
     "objective.recon_from": ("image", "view"),
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
+    "model.conv_pool": ("flatten", "avg"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.optimizer": ("adam", "sgd"),
     "train.amp": ("auto", "off", "bf16", "fp16"),

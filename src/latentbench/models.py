@@ -105,16 +105,20 @@ def _conv_out_side(side: int, strides: list[int]) -> int:
 
 
 class ConvEncoder(Encoder):
-    """Four 3x3 conv + BN + ReLU blocks with the given widths and strides, then a linear map to ``z``."""
+    """Four 3x3 conv + BN + ReLU blocks with the given widths and strides, then a linear map to ``z`` from the
+    last map flattened (``pool="flatten"``) or averaged over its positions (``pool="avg"``)."""
 
-    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, strides: list[int]):
+    def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, strides: list[int],
+                 pool: str = "flatten"):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
         chans = [spec.channels, *widths]
         self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], strides))
         self.side = (_conv_out_side(spec.height, strides), _conv_out_side(spec.width, strides))
-        self.fc = nn.Linear(widths[-1] * self.side[0] * self.side[1], latent_dim)
+        self.pool = pool
+        positions = 1 if pool == "avg" else self.side[0] * self.side[1]
+        self.fc = nn.Linear(widths[-1] * positions, latent_dim)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.normalize(x)
@@ -122,7 +126,8 @@ class ConvEncoder(Encoder):
         for block in self.blocks:
             h = block(h)
             maps.append(h)
-        return self.fc(h.flatten(1)), maps
+        h = h.mean((2, 3)) if self.pool == "avg" else h.flatten(1)
+        return self.fc(h), maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[0]
@@ -209,7 +214,7 @@ def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
 
 @register("encoder", "conv")
 def build_conv(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
-    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.conv_strides),
+    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.conv_strides, cfg.conv_pool),
             ConvDecoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.skips, cfg.conv_strides))
 
 

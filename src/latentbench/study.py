@@ -271,8 +271,10 @@ def model_macs(model: ModelConfig, kind: str, channels: int, size: int) -> tuple
     for c_in, c_out, stride in zip(chans[:-1], chans[1:], model.conv_strides):
         side = (side - 1) // stride + 1
         encoder += side * side * c_in * c_out * 9
-    to_latent = side * side * model.conv_widths[-1] * model.latent_dim
-    decoder, up_chans = to_latent, [*model.conv_widths[:0:-1], channels]
+    positions = 1 if model.conv_pool == "avg" else side * side  # the average's additions are not counted
+    to_latent = positions * model.conv_widths[-1] * model.latent_dim
+    decoder = side * side * model.latent_dim * model.conv_widths[-1]  # z to the last map: every position
+    up_chans = [*model.conv_widths[:0:-1], channels]
     for c_in, c_out, stride in zip(up_chans[:-1], up_chans[1:], model.conv_strides[:0:-1]):
         decoder += side * side * c_in * c_out * (16 if stride == 2 else 9)
         side *= stride
