@@ -124,6 +124,7 @@ CASES = [(e, o, extra) for e in names("encoder") for o, extra in [
     ("supervised", ('objective.supervised_augment="crop_flip"',)), ("contrastive", ()),
     ("contrastive", ("objective.recon_weight=1.0", "objective.noise_std=0.1")),
     ("contrastive", ("objective.recon_weight=1.0", "objective.noise_std=0.1", 'objective.recon_from="view"')),
+    ("contrastive", ("objective.decoupled=true",)),
 ]]
 
 
@@ -365,6 +366,18 @@ def test_skips_from_decodes_from_the_code_alone_in_the_first_epochs():
     fresh = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true",
                                          "objective.skips_from=0.5"))
     assert fresh.skips_on  # a model loaded for evaluation (no start_epoch) uses its skips
+
+
+def test_contrastive_decoupled_config_reaches_the_loss():
+    x, y = batch(RGB)
+    values = {}
+    for decoupled in ("false", "true"):
+        torch.manual_seed(0)
+        obj = build_objective(RGB, cfg_for("conv", "contrastive", f"objective.decoupled={decoupled}"))
+        obj.train()
+        torch.manual_seed(1)
+        values[decoupled] = obj((x, y))[1]["nt_xent"]
+    assert values["true"] < values["false"]  # same weights and views: only the positive left the denominator
 
 
 @pytest.mark.parametrize("recon_from,training_passes", [("image", 2), ("view", 1)])

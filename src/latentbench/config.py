@@ -69,6 +69,7 @@ class ObjectiveConfig:
     mask_p: float = 0.0  # masking noise: probability of zeroing each input pixel in training (denoising)
     label_smoothing: float = 0.0  # supervised cross-entropy
     temperature: float = 0.5  # NT-Xent temperature (SimCLR's CIFAR value)
+    decoupled: bool = False  # contrastive: leave the positive out of NT-Xent's denominator (DCL, Yeh et al.)
     proj_hidden: int = 512  # projection head hidden width
     proj_dim: int = 128  # projection head output
     recon_weight: float = 0.0  # contrastive: weight of the (denoising) reconstruction term

@@ -4,7 +4,8 @@
 * :func:`sigmoid_bce` - binary cross-entropy of ``sigmoid(logits)``, computed from the logits in one pass.
 * :func:`classification_loss` - cross-entropy with optional label smoothing.
 * :func:`nt_xent` - SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, eq. 1),
-  optionally with negatives gathered from every rank of a distributed run.
+  optionally with negatives gathered from every rank of a distributed run, and optionally decoupled (the
+  positive left out of the denominator; Yeh et al. 2022).
 * :func:`invariance_loss` - scale-free squared distance between the codes of two views of each image.
 """
 
@@ -109,7 +110,8 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: 
     return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
-def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None, rank: int = 0) -> torch.Tensor:
+def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None, rank: int = 0,
+            decoupled: bool = False) -> torch.Tensor:
     """NT-Xent over 2N views: ``p1[i]`` and ``p2[i]`` (each (N, D)) are the two views of image i.
 
     For each of the 2N views the positive is its partner and the other 2N-2 views are negatives;
@@ -120,6 +122,12 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     contrasted with the global batch, as SimCLR does at scale. The mean of the ranks' losses equals
     the one-process loss on the concatenated batch, and with DDP's gradient averaging so does the
     update (tested in tests/test_distributed.py). Similarities are computed in float32 even under AMP.
+
+    ``decoupled``: the decoupled contrastive loss (DCL, Yeh et al. 2022, eq. 6): the positive's term leaves
+    the denominator, which then sums over the 2N-2 negatives only, i.e. ``-sim+/t + log sum_neg exp(sim/t)``.
+    In NT-Xent the positive's share of the denominator scales each anchor's whole gradient by
+    ``1 - softmax[positive]``, so anchors whose views already agree stop learning from their negatives; DCL
+    removes that factor. Its value can be negative.
     """
     at_least_fp32 = torch.promote_types(p1.dtype, torch.float32)  # float32 even under AMP; float64 stays
     z = F.normalize(torch.cat([p1, p2]).to(at_least_fp32), dim=1)  # (2N, D): local anchors
@@ -137,7 +145,11 @@ def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float, gather=None,
     positive = torch.cat([local + offset + world_n, local + offset])
     rows = torch.arange(2 * n, device=z.device)
     logits = logits.index_put((rows, self_index), logits.new_tensor(float("-inf")))  # no self-pairs
-    return F.cross_entropy(logits, positive)
+    if not decoupled:
+        return F.cross_entropy(logits, positive)
+    positive_logit = logits[rows, positive]
+    negatives = logits.index_put((rows, positive), logits.new_tensor(float("-inf")))
+    return (torch.logsumexp(negatives, dim=1) - positive_logit).mean()
 
 
 def invariance_loss(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -201,9 +201,10 @@ class ContrastiveObjective(Objective):
     def __init__(self, encoder: Encoder, projector: nn.Module, view: Callable[[torch.Tensor], torch.Tensor],
                  temperature: float = 0.5, decoder: nn.Module | None = None, recon_weight: float = 0.0,
                  noise_std: float = 0.0, recon_loss: str = "l1", mask_p: float = 0.0,
-                 recon_from: str = "image"):
+                 recon_from: str = "image", decoupled: bool = False):
         super().__init__(encoder)
         self.projector, self.view, self.temperature = projector, view, temperature
+        self.decoupled = decoupled
         self.recon_from = recon_from
         self.decoder = decoder if recon_weight > 0 else None
         self.recon_weight, self.noise_std, self.recon_loss = recon_weight, noise_std, recon_loss
@@ -217,7 +218,7 @@ class ContrastiveObjective(Objective):
         view = _view_fn(view_kind(o.augment, spec.channels), cfg) or (lambda x: x)
         projector = ProjectionHead(cfg.model.latent_dim, o.proj_hidden, o.proj_dim)
         return cls(encoder, projector, view, o.temperature, decoder, o.recon_weight, o.noise_std,
-                   o.recon_loss, o.mask_p, o.recon_from)
+                   o.recon_loss, o.mask_p, o.recon_from, o.decoupled)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         x, _ = batch
@@ -230,7 +231,7 @@ class ContrastiveObjective(Objective):
             views = torch.cat([corrupt(views[:n], self.noise_std, self.mask_p), views[n:]])
         z_views, view_skips = self.encoder.features(views)
         p = self.projector(z_views)
-        contrastive = nt_xent(p[:n], p[n:], self.temperature, self.gather, self.rank)
+        contrastive = nt_xent(p[:n], p[n:], self.temperature, self.gather, self.rank, self.decoupled)
         stats: Stats = {"nt_xent": contrastive.detach()}
         loss = contrastive
         if self.decoder is not None:
