@@ -14,8 +14,10 @@ from latentbench.losses import (
 )
 
 
-def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR (Chen et al. 2020), Algorithm 1, written as loops over the 2N augmented examples."""
+def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float,
+                      decoupled: bool = False) -> torch.Tensor:
+    """SimCLR (Chen et al. 2020), Algorithm 1, written as loops over the 2N augmented examples; with
+    ``decoupled`` the positive is left out of the denominator."""
     z = [F.normalize(v, dim=0) for v in torch.cat([p1, p2])]
     n2 = len(z)
     n = n2 // 2
@@ -25,7 +27,8 @@ def nt_xent_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) ->
 
     def ell(i, j):
         numerator = math.exp(sim(i, j) / temperature)
-        denominator = sum(math.exp(sim(i, k) / temperature) for k in range(n2) if k != i)
+        denominator = sum(math.exp(sim(i, k) / temperature) for k in range(n2)
+                          if k != i and not (decoupled and k == j))
         return -math.log(numerator / denominator)
 
     total = sum(ell(k, k + n) + ell(k + n, k) for k in range(n))
@@ -41,19 +44,7 @@ def test_nt_xent_matches_paper_loop():
 
 def dcl_reference(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Decoupled contrastive loss (Yeh et al. 2022, eq. 6) as loops: the denominator holds negatives only."""
-    z = [F.normalize(v, dim=0) for v in torch.cat([p1, p2])]
-    n2 = len(z)
-    n = n2 // 2
-
-    def sim(i, j):
-        return float(torch.dot(z[i], z[j]))
-
-    def ell(i, j):
-        negatives = sum(math.exp(sim(i, k) / temperature) for k in range(n2) if k not in (i, j))
-        return -sim(i, j) / temperature + math.log(negatives)
-
-    total = sum(ell(k, k + n) + ell(k + n, k) for k in range(n))
-    return torch.tensor(total / n2, dtype=torch.float64)
+    return nt_xent_reference(p1, p2, temperature, decoupled=True)
 
 
 def test_decoupled_nt_xent_matches_loop_reference():
