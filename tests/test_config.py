@@ -67,6 +67,8 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ('train.schedule="cosin"', "train.schedule = 'cosin' is not one of: constant, cosine, onecycle"),
     ('train.optimizer="lamb"', "train.optimizer = 'lamb' is not one of: adam, sgd"),
     ("train.momentum=1.5", "train.momentum must lie in [0, 1], got 1.5"),
+    ("train.ema_decay=1.0", "train.ema_decay must lie in [0, 1) (0 = off; 1 would never move the average"),
+    ("train.ema_decay=-0.5", "train.ema_decay must lie in [0, 1)"),
     ("objective.encoder_frozen_from=1.5", "objective.encoder_frozen_from must lie in [0, 1], got 1.5"),
     (["objective.encoder_frozen_from=0.8", 'objective.name="contrastive"'],
      "objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the autoencoder objective only"),

@@ -11,6 +11,7 @@ loading on a CPU-only machine (simulated: no GPU here).
 from __future__ import annotations
 
 import csv
+import json
 import signal
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     for p_id, state in last_a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, last_b["optimizer"]["state"][p_id][name]), f"optimizer {p_id}.{name} differs"
+    assert (last_a.get("ema") is None) == (last_b.get("ema") is None)
+    for key, value in (last_a.get("ema") or {}).items():  # train.ema_decay: the moving average resumes too
+        assert torch.equal(value, last_b["ema"][key]), f"ema {key} differs"
     assert last_a["step"] == last_b["step"] and last_a["epoch"] == last_b["epoch"]
     rows_a, rows_b = history_without_seconds(a), history_without_seconds(b)
     assert len(rows_a) == last_a["epoch"] and rows_a == rows_b
@@ -168,6 +172,7 @@ SGD = ['train.optimizer="sgd"', "train.lr=0.05", "train.weight_decay=5e-4"]
 @pytest.mark.parametrize("objective,extra,step", [
     ("autoencoder", ['train.schedule="onecycle"'], 8),
     ("supervised", ['train.schedule="onecycle"', *SGD], 7),  # one-cycle also cycles SGD's momentum
+    ("autoencoder", ['train.schedule="onecycle"', "train.ema_decay=0.9"], 8),
 ])
 def test_scheduled_runs_resume_exactly(tiny, tmp_path, monkeypatch, objective, extra, step):
     whole = train(small(tiny, objective, "conv", 3, extra), tmp_path / "whole")
@@ -198,6 +203,23 @@ def test_resume_refuses_a_different_experiment(tiny, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert "model.latent_dim = 8 (trained with 16); train.lr = 0.1 (trained with 0.001)" in err
     assert (run / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_setting_newer_than_the_run(tiny, tmp_path, capsys):
+    """A run saved before a key existed ran its default: resuming with another value changes the experiment."""
+    run = train(small(tiny, "autoencoder", "mlp", 1), tmp_path / "run")
+    for path in (run / "checkpoints/last.pt", run / "config.json"):
+        if path.suffix == ".pt":
+            state = safe_torch_load(path)
+            del state["config"]["train"]["ema_decay"]
+            atomic_torch_save(path, state)
+        else:
+            saved = json.loads(path.read_text())
+            del saved["train"]["ema_decay"]
+            path.write_text(json.dumps(saved))
+    code = cli.main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "train.ema_decay=0.9"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "train.ema_decay = 0.9 (trained with 0.0)" in err
 
 
 def test_resume_of_a_finished_run_restores_a_lagging_history(tiny, tmp_path):

@@ -12,7 +12,8 @@ from latentbench.cli import main
 from latentbench.config import load_config
 from latentbench.data import BatchLoader, ImageData, load_splits, split_train_val
 from latentbench.io import safe_torch_load
-from latentbench.train import EarlyStopping, cpu_name, read_history, train
+from latentbench.train import (EarlyStopping, RunPaths, Trainer, averaged_weights, cpu_name,
+                               load_objective_weights, make_ema, read_history, train)
 
 
 def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
@@ -170,3 +171,51 @@ def test_cpu_name_keeps_family_and_model_so_hosts_of_one_name_differ(tmp_path):
     cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name (some ARM kernels)
     assert cpu_name(cpuinfo) == (platform.processor() or platform.machine())
     assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
+
+
+def test_ema_matches_a_loop_reference_over_weights_and_batchnorm_statistics():
+    """train.ema_decay: the first update copies the model; each later one moves every parameter and
+    BatchNorm statistic ``1 - decay`` of the way to the model's (the step counter is copied as it is)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    decay, ema = 0.8, make_ema(model, 0.8)
+    reference: dict[str, torch.Tensor] = {}
+    for step in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(8, 4))  # training mode: BatchNorm's running statistics move too
+        ema.update_parameters(model)
+        for name, value in model.state_dict().items():
+            value = value.detach().clone()
+            if step == 0 or not value.is_floating_point():
+                reference[name] = value
+            else:
+                reference[name] = decay * reference[name] + (1 - decay) * value
+    averaged = averaged_weights(ema.state_dict())
+    assert averaged.keys() == reference.keys()
+    for name, value in reference.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(averaged[name], value, rtol=1e-6, atol=1e-6, msg=name)
+    assert make_ema(model, 0.0) is None
+
+
+def test_ema_run_validates_and_keeps_the_average(tiny, tmp_path):
+    """With train.ema_decay the history's validation numbers and best.pt are the average's, not the live
+    weights'; evaluation's loader takes the average from last.pt too."""
+    extra = ["train.epochs=3", "train.patience=0", 'train.monitor="last"', "train.lr=0.01"]
+    run = train(tiny("autoencoder", extra=[*extra, "train.ema_decay=0.9", 'name="ema"']))
+    last = safe_torch_load(run / "checkpoints" / "last.pt")
+    best = safe_torch_load(run / "checkpoints" / "best.pt")
+    average = averaged_weights(last["ema"])
+    assert all(torch.equal(best["objective"][k], average[k]) for k in average)
+    assert not all(torch.equal(last["objective"][k], average[k]) for k in average)
+
+    plain = Trainer(tiny("autoencoder", extra=[*extra, 'name="plain"']), RunPaths(tmp_path / "plain"))
+    val_loss = read_history(run / "history.csv")[-1]["val_loss"]
+    load_objective_weights(plain.objective, run / "checkpoints" / "best.pt")
+    assert plain.validate()["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    load_objective_weights(plain.objective, run / "checkpoints" / "last.pt")
+    assert plain.validate()["val_loss"] != pytest.approx(val_loss, rel=1e-3)
+    load_objective_weights(plain.objective, run / "checkpoints" / "last.pt", averaged=True)
+    assert plain.validate()["val_loss"] == pytest.approx(val_loss, rel=1e-5)

@@ -136,6 +136,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on supporting GPUs, never on CPU) | off | bf16 | fp16
     sync_batchnorm: str = "auto"  # auto (on for contrastive with >1 GPU rank) | on | off
     log_every: int = 50  # progress-bar refresh, in steps
+    # exponential moving average of the weights and BatchNorm statistics, updated after every step; validation,
+    # best.pt and evaluation use the average (0 = off; 0.999 averages over ~1,000 steps)
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -338,6 +341,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     for key in UNIT_INTERVAL:
         if not 0.0 <= flat[key] <= 1.0:
             raise ConfigError(f"{key} must lie in [0, 1], got {flat[key]!r}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1) (0 = off; 1 would never move the average off the "
+                          f"initial weights), got {cfg.train.ema_decay!r}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.data.val_fraction}")
     for key in ("augment.crop_scale", "augment.crop_ratio", "augment.digit_crop_scale", "augment.erase_scale"):

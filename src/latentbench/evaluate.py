@@ -192,7 +192,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits |
         hostmem.keep_freed_memory()  # batches of 1,024 images: no page faults to get freed memory back
     splits = splits or load_splits(cfg.data)
     objective = build_objective(splits.spec, cfg)
-    load_objective_weights(objective, checkpoint)
+    load_objective_weights(objective, checkpoint, averaged=True)  # best.pt holds the average already
     objective = objective.to(device).eval()
     conv = cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in objective.modules())
     if conv:

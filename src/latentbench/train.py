@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import latentbench
 from latentbench import distributed, hostmem, onednn
@@ -291,12 +292,28 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
-def load_objective_weights(objective: nn.Module, checkpoint: Path, state: dict[str, Any] | None = None
-                           ) -> dict[str, Any]:
-    """Load ``checkpoint``'s weights into ``objective`` (``state``: the file's already-loaded contents)."""
+def make_ema(objective: nn.Module, decay: float) -> AveragedModel | None:
+    """A copy of ``objective`` that follows its weights and BatchNorm statistics as an exponential moving
+    average (``train.ema_decay``; each step moves it ``1 - decay`` of the way), or None when ``decay`` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(objective, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def averaged_weights(ema_state: dict[str, Any]) -> dict[str, Any]:
+    """The objective's state dict inside an :class:`AveragedModel`'s (its ``module.`` entries)."""
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in ema_state.items() if k.startswith(prefix)}
+
+
+def load_objective_weights(objective: nn.Module, checkpoint: Path, state: dict[str, Any] | None = None,
+                           averaged: bool = False) -> dict[str, Any]:
+    """Load ``checkpoint``'s weights into ``objective`` (``state``: the file's already-loaded contents); with
+    ``averaged``, a ``last.pt``'s moving average of the weights where the run kept one (``train.ema_decay``)."""
     state = safe_torch_load(checkpoint) if state is None else state
     try:
-        objective.load_state_dict(state["objective"])
+        weights = averaged_weights(state["ema"]) if averaged and state.get("ema") else state["objective"]
+        objective.load_state_dict(weights)
     except (KeyError, RuntimeError, TypeError) as err:
         raise RunFileError(f"'{checkpoint}' does not match this run's model ({str(err).splitlines()[0]})") from None
     return state
@@ -312,7 +329,8 @@ SCHEDULE_LENGTH_KEYS = ("train.epochs", "train.max_steps")  # a cosine/one-cycle
 
 def check_resume_config(saved: dict[str, Any], cfg: RunConfig, checkpoint: Path) -> None:
     """Refuse to resume ``checkpoint`` (trained with config ``saved``) under a config that changes the experiment."""
-    old, new = flatten(saved), flatten(cfg.to_dict())
+    new = flatten(cfg.to_dict())
+    old = {**flatten(RunConfig().to_dict()), **flatten(saved)}  # a key newer than the run: it ran the default
     changed = sorted(k for k in new if k in old and old[k] != new[k])
     fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("eval.")]
     if fixed:
@@ -379,6 +397,7 @@ class Trainer:
         if len(self.loader) == 0:
             raise ConfigError(f"train.batch_size = {t.batch_size} leaves no full batch; lower it")
         self.optimizer = make_optimizer(self.objective.parameters(), self.cfg, self.device)
+        self.ema = make_ema(self.objective, t.ema_decay)  # after _wrap: it copies the converted layers
         self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
         monitor = t.monitor if t.monitor != "auto" else self.objective.monitor
         mode = self.objective.mode if t.monitor == "auto" else ("max" if "acc" in monitor or monitor == "last"
@@ -433,11 +452,17 @@ class Trainer:
                 module = torch.compile(module)  # after DDP, so DDP's optimizer splits graphs at bucket boundaries
         return module
 
+    @property
+    def evaluated(self) -> Objective:
+        """The weights validation, ``best.pt`` and evaluation use: the moving average when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.objective
+
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return {
             "format": 1,
             "objective": self.objective.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),  # fp16 loss scale; {} when disabled
@@ -459,7 +484,7 @@ class Trainer:
 
     def save_best(self) -> None:
         if self.dist.is_main:
-            atomic_torch_save(self.paths.best, {"format": 1, "objective": self.objective.state_dict(),
+            atomic_torch_save(self.paths.best, {"format": 1, "objective": self.evaluated.state_dict(),
                                                 "epoch": self.epoch, "monitor": self.monitor,
                                                 "value": self.early.best, "config": self.cfg.to_dict()})
 
@@ -476,6 +501,8 @@ class Trainer:
             self._restore_optimizer(state["optimizer"])
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
             if state.get("scaler"):  # a no-op when this run does not use fp16
                 self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
@@ -535,6 +562,8 @@ class Trainer:
         """One epoch from ``batch_in_epoch`` on; a Ctrl-C takes effect between steps (see :meth:`fit`)."""
         self.step_module.train()
         self.objective.start_epoch(self.epoch, self.cfg.train.epochs)
+        if self.ema is not None:
+            self.ema.module.start_epoch(self.epoch, self.cfg.train.epochs)  # validated like the live model
         sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
         self._sums = sums  # a Ctrl-C before the first step keeps the restored partial sums
         self.loader.set_epoch(self.epoch, self.batch_in_epoch)
@@ -549,6 +578,8 @@ class Trainer:
             self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.objective)
             for k, v in stats.items():
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.float()
             sums["_n"] = sums.get("_n", torch.zeros((), device=self.device)) + 1
@@ -580,17 +611,18 @@ class Trainer:
         weights and without gathering across ranks, so the numbers equal a one-process run's; rank 0's
         values are then broadcast so early stopping and ``best`` decisions cannot diverge.
         """
-        self.objective.eval()
+        model = self.evaluated
+        model.eval()
         loader = BatchLoader(self.val_data, self.cfg.eval.batch_size, shuffle=False, drop_last=False,
                              channels_last=self.conv)
         totals: dict[str, torch.Tensor] = {}
         count = 0
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), distributed.local_only(self.objective):
+        with torch.random.fork_rng(devices=devices), distributed.local_only(model):
             torch.manual_seed(12345)  # fixed views for contrastive validation
             for x, y in loader:
                 with self._autocast():
-                    _, stats = self.objective((x, y))
+                    _, stats = model((x, y))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v.float() * x.shape[0]
                 count += x.shape[0]
@@ -810,11 +842,12 @@ def _started(paths: RunPaths, default: float) -> float:
 
 
 def checkpoint_bytes(trainer: Trainer) -> int:
-    """Disk the checkpoints need at worst: ``last`` (weights + two Adam moments) and ``best``, plus a temp
-    copy of ``last`` while it is rewritten, plus 1 MiB of config and history."""
+    """Disk the checkpoints need at worst: ``last`` (weights + two Adam moments, and the moving average if
+    kept) and ``best``, plus a temp copy of ``last`` while it is rewritten, plus 1 MiB of config and history."""
     weights = sum(p.numel() * p.element_size() for p in trainer.objective.parameters())
     buffers = sum(b.numel() * b.element_size() for b in trainer.objective.buffers())
-    return 2 * (3 * weights + buffers) + (weights + buffers) + 2**20
+    average = weights + buffers if trainer.ema is not None else 0
+    return 2 * (3 * weights + buffers + average) + (weights + buffers) + 2**20
 
 
 def _finish(trainer: Trainer, status: str, reason: str, started: float) -> None:
