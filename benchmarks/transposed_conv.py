@@ -63,9 +63,9 @@ def phases(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     out = x.new_empty(n, weight.shape[1], 2 * h, 2 * w)
     for a in (0, 1):
         for b in (0, 1):
-            (dy0, ty0), (dy1, ty1) = sorted(PHASE_TAPS[a].items())
-            (dx0, tx0), (dx1, tx1) = sorted(PHASE_TAPS[b].items())
-            taps = weight[:, :, [ty0, ty1]][:, :, :, [tx0, tx1]]  # (C_in, C_out, 2, 2), rows d0 < d1
+            dy0, rows = min(PHASE_TAPS[a]), [tap for _, tap in sorted(PHASE_TAPS[a].items())]
+            dx0, cols = min(PHASE_TAPS[b]), [tap for _, tap in sorted(PHASE_TAPS[b].items())]
+            taps = weight[:, :, rows][:, :, :, cols]  # (C_in, C_out, 2, 2), taps ordered by input offset
             window = padded[:, :, 1 + dy0:1 + dy0 + h + 1, 1 + dx0:1 + dx0 + w + 1]
             out[:, :, a::2, b::2] = F.conv2d(window, taps.transpose(0, 1))
     return out
