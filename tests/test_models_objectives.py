@@ -337,6 +337,26 @@ def test_invariance_weight_adds_the_pull_between_the_codes_of_image_and_view():
     assert "invariance" not in eval_stats  # validation measures reconstruction only
 
 
+def test_invariance_with_views_as_input_pulls_a_second_independent_view_toward_the_first():
+    from latentbench.losses import invariance_loss, reconstruction_loss
+    obj = build_objective(GRAY, cfg_for("mlp", "autoencoder", 'objective.input_augment="digits"',
+                                        "objective.input_augment_p=1", "objective.invariance_weight=0.5",
+                                        'objective.recon_loss="bce"'))
+    x = torch.rand(16, *GRAY.shape)
+    first_view, second_view = torch.rand(16, *GRAY.shape), torch.rand(16, *GRAY.shape)
+    views = iter([first_view, second_view])
+    obj.input_view = lambda images: next(views)
+    obj.train()
+    loss, stats = obj((x, torch.zeros(16, dtype=torch.long)))
+    with torch.no_grad():
+        z = obj.encoder(first_view)  # input_augment_p = 1: the code of the first view reconstructs x
+        recon = reconstruction_loss(obj.decoder(z, []), x, "bce")
+        invariance = invariance_loss(obj.encoder(second_view), z)
+    assert invariance.item() > 0.1  # two different views, not the same pixels twice (which would give 0)
+    assert torch.allclose(stats["invariance"], invariance, atol=1e-6)
+    assert torch.allclose(loss, recon + 0.5 * invariance, atol=1e-6)
+
+
 def test_skips_from_decodes_from_the_code_alone_in_the_first_epochs():
     obj = build_objective(RGB, cfg_for("conv", "autoencoder", "model.skips=true", "objective.skips_from=0.5"))
     x, y = batch(RGB)

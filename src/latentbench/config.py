@@ -86,7 +86,9 @@ class ObjectiveConfig:
     input_augment_p: float = 1.0  # autoencoder: fraction of training images given the input_augment view
     input_augment_until: float = 1.0  # autoencoder: fraction of the epochs with the input view (then clean)
     latent_noise: float = 0.0  # autoencoder: Gaussian noise on z in training, in each dim's batch std
-    invariance_weight: float = 0.0  # autoencoder: pull between the codes of x and of its input_augment view
+    # autoencoder: pull between the code of the training input and the code of an input_augment view (a
+    # second, independent view where input_augment_p > 0 makes the input itself a view)
+    invariance_weight: float = 0.0
     # autoencoder: fraction of the epochs after which only the decoder trains (the encoder and its BatchNorm
     # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits
     # clean images

@@ -9,8 +9,9 @@ validation statistic to select on (``monitor``) and whether lower or higher is b
                        with ``input_augment`` the encoder sees an augmented view and the target stays the
                        image (denoising with geometric corruption);
                        with ``latent_noise`` the decoder sees a noisy ``z`` in training;
-                       with ``invariance_weight`` the code of the ``input_augment`` view is also pulled
-                       toward the code of the training input (a contractive penalty along the views);
+                       with ``invariance_weight`` the code of an ``input_augment`` view is also pulled
+                       toward the code of the training input (a contractive penalty along the views; a
+                       second, independent view where the training input is itself a view);
                        with ``encoder_frozen_from`` < 1 only the decoder trains in the last epochs;
                        with ``skips_from`` > 0 the decoder gets no skip maps in the first epochs.
   * ``supervised``   - cross-entropy through the classifier head, end to end.
@@ -129,7 +130,7 @@ class AutoencoderObjective(Objective):
                                        self.recon_loss)
         stats = {"loss": loss.detach(), **_pixel_errors(x_hat, x)}
         if x_view is not None and self.invariance_weight > 0:
-            invariance = invariance_loss(self.encoder(x_view), z)
+            invariance = invariance_loss(self.encoder(self.paired_view(x, x_view)), z)
             loss = loss + self.invariance_weight * invariance
             stats.update(loss=loss.detach(), invariance=invariance.detach())
         return loss, stats
@@ -159,6 +160,13 @@ class AutoencoderObjective(Objective):
     def training_view(self, x: torch.Tensor) -> torch.Tensor | None:
         """The ``input_augment`` view of ``x`` while views are on this epoch, else None."""
         return self.input_view(x) if self.input_view_on else None
+
+    def paired_view(self, x: torch.Tensor, x_view: torch.Tensor) -> torch.Tensor:
+        """The view whose code the invariance term pulls toward the training input's code: ``x_view`` when
+        the input is the clean image (``input_augment_p = 0``), else a second, independent view of ``x``, so
+        that the images given ``x_view`` as input are compared with another view of themselves, not with
+        the same pixels."""
+        return x_view if self.input_augment_p == 0 else self.input_view(x)
 
     def corrupted(self, x: torch.Tensor, x_view: torch.Tensor | None) -> torch.Tensor:
         """The training input: the augmented view ``x_view`` (``input_augment``) for a fraction
