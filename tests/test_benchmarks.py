@@ -1,6 +1,8 @@
-"""The benchmark scripts' own arithmetic (the scripts themselves are run by hand, not in the test suite)."""
+"""The benchmark scripts' own arithmetic and the prepared GPU check's plan (the benchmarks themselves are run by
+hand, not in the test suite)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -33,3 +36,56 @@ def test_subpixel_rewrites_equal_the_transposed_convolution(variant, c_in, c_out
     grads_got = torch.autograd.grad(got, (x, weight), grad_out)
     for g, e in zip(grads_got, grads_expected):
         torch.testing.assert_close(g, e)
+
+
+def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_their_files(tmp_path):
+    """The prepared GPU check on synthetic data, on the CPU: every command of the plan it would run on a GPU
+    (config keys, run names, evaluation stages) works, and the run files come back in one archive."""
+    import json
+    import subprocess
+    import tarfile
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out),
+                           "--only", "supervised_wide,supervised_eval"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [summary[s]["returncode"] for s in ("supervised_wide", "supervised_eval")] == [0, 0]
+    assert set(summary) == {"supervised_wide", "supervised_eval"}
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = set(tar.getnames())
+        metrics = json.load(tar.extractfile("supervised_wide/metrics.json"))
+        config = json.load(tar.extractfile("supervised_wide/config.json"))
+    assert {"supervised_wide/history.csv", "supervised_wide/run_info.json"} <= names
+    assert not any(name.endswith(".pt") for name in names)  # checkpoints stay behind
+    assert config["model"]["conv_widths"] == [96, 192, 384, 768]
+    assert "e2e" in json.dumps(metrics)
+
+
+def test_gpu_check_caps_a_stage_with_ctrl_c_and_skips_what_the_budget_cannot_hold(tmp_path):
+    bench = _load("gpu_check")
+    stage = bench.Stage("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=1)
+    with open(tmp_path / "log", "w") as log:
+        result = bench.run_stage(stage, 1.0, log, env=None)
+    assert result["capped"] and result["returncode"] != 0 and result["seconds"] < 30
+    assert "KeyboardInterrupt" in (tmp_path / "log").read_text()  # Ctrl-C, so a trainer would save and stop
+
+    code = bench.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "5", "--only", "supervised_wide"])
+    summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
+    assert code == 0 and "skipped" in summary["supervised_wide"]  # 5 s left, under its 120 s minimum
+
+
+def test_gpu_check_packs_and_unpacks_the_data_archives(tmp_path, monkeypatch):
+    bench = _load("gpu_check")
+    root = tmp_path / "data"
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    (root / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x01")
+    (root / "cifar10-jpeg" / "train" / "cat").mkdir(parents=True)
+    (root / "cifar10-jpeg" / "train" / "cat" / "0001.jpg").write_bytes(b"\xff\xd8jpeg")
+    monkeypatch.setattr(bench, "ROOT", tmp_path / "repo")
+    assert bench.main(["--pack", str(root)]) == 0
+    bench.unpack(tmp_path / "repo" / ".gpu_data", tmp_path / "unpacked")
+    assert (tmp_path / "unpacked" / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "unpacked" / "cifar10-jpeg" / "train" / "cat" / "0001.jpg").read_bytes() == b"\xff\xd8jpeg"
+    with pytest.raises(SystemExit, match="has no cifar10-jpeg, MNIST/raw"):  # a wrong data root is named, not half-packed
+        bench.main(["--pack", str(root / "MNIST")])
