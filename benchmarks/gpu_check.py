@@ -46,7 +46,7 @@ ARCHIVES = {"cifar10-jpeg.tar.gz": ["cifar10-jpeg"], "mnist.tar.gz": ["MNIST/raw
 RUN_FILES = ("config.json", "run_info.json", "history.csv", "metrics.json")
 SMOKE_DATA = ['data.name="synthetic"', "data.channels=3", "data.image_size=32", "data.synthetic_train=256",
               "data.synthetic_test=128", "train.device=cpu", "train.threads=1"]
-SMOKE_TRAIN = ["train.epochs=1", "train.max_steps=2", "train.batch_size=64"]  # the smoke stage: its own 20 steps
+SMOKE_TRAIN = ["train.epochs=1", "train.max_steps=2", "train.batch_size=64"]  # smoke stage: its own 20 steps
 SMOKE_EVAL = ["eval.batch_size=128", "eval.probe_epochs=2", "eval.probe_views=0"]
 
 
