@@ -13,7 +13,7 @@ from latentbench.config import load_config
 from latentbench.data import BatchLoader, ImageData, load_splits, split_train_val
 from latentbench.io import safe_torch_load
 from latentbench.train import (EarlyStopping, RunPaths, Trainer, averaged_weights, cpu_name,
-                               load_objective_weights, make_ema, read_history, train)
+                               load_objective_weights, make_ema, read_history, time_left, train)
 
 
 def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
@@ -35,7 +35,31 @@ def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
     assert {"train_loss", "val_acc", "seconds", "lr"} <= set(rows[0])
     state = safe_torch_load(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 2 and "optimizer" in state and "rng" in state
-    assert "epoch 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "epoch 2" in out
+    epoch_lines = [line for line in out.splitlines() if "] epoch " in line]
+    assert " left)" in epoch_lines[0] and " left" not in epoch_lines[1]  # the time left, until nothing is
+
+
+def test_time_left_is_the_median_recent_epoch_times_the_epochs_left():
+    rows = [{"seconds": s} for s in (300.0, 900.0, 320.0, 5000.0)]  # the median of the last three: 900
+    assert time_left(rows, 10) == "; ~2.5 h left"
+    assert time_left(rows[:3], 4) == "; ~21 min left"  # 320 x 4 s: the median of 300, 900, 320
+    assert time_left(rows[1:3], 4) == "; ~60 min left"  # of two, the larger: 900 x 4 s
+    assert time_left([{"seconds": 20.0}], 3) == "; ~60 s left"
+    assert time_left(rows, 0) == "" and time_left([], 5) == ""
+
+
+def test_epochs_left_counts_the_step_budget(tiny, tmp_path):
+    trainer = Trainer(tiny("supervised", extra=["train.epochs=5", "train.max_steps=12"]), RunPaths(tmp_path / "r"))
+    assert len(trainer.loader) == 5  # 400 images less the validation split, full batches of 64
+    assert trainer.epochs_left() == 3  # 12 steps = 2.4 epochs of 5: the third, partial epoch counts
+    trainer.epoch, trainer.step = 2, 10
+    assert trainer.epochs_left() == 1
+    trainer.epoch, trainer.step = 3, 12
+    assert trainer.epochs_left() == 0
+    trainer.cfg.train.max_steps = 0  # the epoch budget alone
+    assert trainer.epochs_left() == 2
 
 
 @pytest.mark.parametrize("objective", ["autoencoder", "supervised", "contrastive"])

@@ -739,8 +739,30 @@ class Trainer:
             write_history(self.paths.history, self.history)
             write_history(self.paths.steps, self.step_log)
             shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_")))
-            print(f"[{self.cfg.run_name()}] epoch {row['epoch']}: {shown} ({seconds:.1f}s)"
+            left = time_left(self.history, self.epochs_left())
+            print(f"[{self.cfg.run_name()}] epoch {row['epoch']}: {shown} ({seconds:.1f}s{left})"
                   + (" *" if improved else ""), flush=True)
+
+    def epochs_left(self) -> int:
+        """Epochs still to run on the budget (``train.epochs``, or fewer under ``train.max_steps``); early
+        stopping may end the run sooner."""
+        t = self.cfg.train
+        left = max(0, t.epochs - self.epoch)
+        if t.max_steps:
+            left = min(left, math.ceil(max(0, t.max_steps - self.step) / len(self.loader)))
+        return left
+
+
+def time_left(history: list[dict[str, Any]], epochs_left: int) -> str:
+    """``'; ~7.0 h left'`` for the epoch line: ``epochs_left`` times the median of the last three epochs'
+    seconds (robust to one slow epoch on a shared machine); ``''`` when nothing is left."""
+    recent = sorted(float(row["seconds"]) for row in history[-3:])
+    if not epochs_left or not recent:
+        return ""
+    seconds = recent[len(recent) // 2] * epochs_left
+    shown = f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200
+                                                      else f"{seconds / 3600:.1f} h")
+    return f"; ~{shown} left"
 
 
 # ----------------------------------------------------------------------------------------- run info
