@@ -38,7 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,6 @@ class Stage:
     argv: list[str]
     cap_s: float  # at most this long; less when the budget runs short
     min_s: float = 10.0  # skipped when less than this is left of the budget
-    result: dict = field(default_factory=dict)
 
 
 def latentbench(*args: str) -> list[str]:
@@ -194,10 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             if left < stage.min_s:
                 summary[stage.name] = {"skipped": f"{left:.0f} s of the budget left, "
                                                   f"under its {stage.min_s:.0f} s"}
-                continue
-            summary[stage.name] = run_stage(stage, min(stage.cap_s, left), log, env)
-            (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            else:
+                summary[stage.name] = run_stage(stage, min(stage.cap_s, left), log, env)
+            (args.out / "summary.json").write_text(json.dumps(summary, indent=1))  # a kill loses none
     if (work / "runs").is_dir():
         bundle_runs(work / "runs", args.out / "runs.tar.gz")
     shutil.rmtree(work, ignore_errors=True)  # the unpacked data and the checkpoints: what matters is in --out

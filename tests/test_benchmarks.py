@@ -2,7 +2,10 @@
 hand, not in the test suite)."""
 
 import importlib.util
+import json
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -41,10 +44,6 @@ def test_subpixel_rewrites_equal_the_transposed_convolution(variant, c_in, c_out
 def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_their_files(tmp_path):
     """The prepared GPU check on synthetic data, on the CPU: every command of the plan it would run on a GPU
     (config keys, run names, evaluation stages) works, and the run files come back in one archive."""
-    import json
-    import subprocess
-    import tarfile
-
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out),
                            "--only", "supervised_wide,supervised_eval"], capture_output=True, text=True, timeout=300)
@@ -71,7 +70,7 @@ def test_gpu_check_caps_a_stage_with_ctrl_c_and_skips_what_the_budget_cannot_hol
     assert "KeyboardInterrupt" in (tmp_path / "log").read_text()  # Ctrl-C, so a trainer would save and stop
 
     code = bench.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "5", "--only", "supervised_wide"])
-    summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert code == 0 and "skipped" in summary["supervised_wide"]  # 5 s left, under its 120 s minimum
 
 
