@@ -23,7 +23,7 @@ import torch
 import latentbench.io
 from latentbench import cli
 from latentbench.config import ConfigError
-from latentbench.io import RunFileError, atomic_write_text, safe_torch_load
+from latentbench.io import RunFileError, atomic_write_text, run_directory_lock, safe_torch_load
 from latentbench.train import TrainingDiverged, train
 
 SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",
@@ -332,6 +332,39 @@ def test_an_existing_run_is_never_overwritten_without_resume(tmp_path, capsys):
     assert_user_error(code, err, f"run directory '{out / 'run'}' already holds a trained run; resume it with "
                       f"'latentbench train --resume {out / 'run'}'")
     assert {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file()} == files
+
+
+def test_a_run_directory_in_use_by_another_trainer_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert cli.main(cli_args(out, "train.epochs=1")) == 0
+    assert not (out / "run" / ".lock").exists()  # released and removed when the run ended
+    files = {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file()}
+    with run_directory_lock(out / "run"):  # another trainer holds it (flock: one holder per open file)
+        for args in (["train", "--resume", str(out / "run")], cli_args(out, "train.epochs=1")):
+            code, err = run_cli(capsys, args)
+            assert_user_error(code, err, f"run directory '{out / 'run'}' is in use by process {os.getpid()} on",
+                              f"continue with 'latentbench train --resume {out / 'run'}'")
+        assert {p: p.read_bytes() for p in (out / "run").rglob("*") if p.is_file() and p.name != ".lock"} == files
+    assert cli.main(["train", "--resume", str(out / "run"), "--set", "train.epochs=2"]) == 0  # free again
+
+
+def test_a_killed_trainer_leaves_no_stale_lock(tmp_path):
+    """The OS drops the lock with the process, however it ends; the next run takes it over."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from latentbench.io import run_directory_lock\n"
+                               f"with run_directory_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFileError, match=f"in use by process {holder.pid} on"):
+        with run_directory_lock(folder):
+            pass
+    holder.kill()
+    holder.wait()
+    assert (folder / ".lock").exists()  # a kill -9 leaves the file, but not the lock
+    with run_directory_lock(folder):
+        assert f"process {os.getpid()} on" in (folder / ".lock").read_text()
+    assert not (folder / ".lock").exists()
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """File I/O that never loses finished work: atomic writes (temp file + fsync + rename) and safe loading.
 
 Every checkpoint, cache, metrics and config file of a run directory goes through these functions, so a
-kill at any moment leaves the previous version of the file intact and loadable.
+kill at any moment leaves the previous version of the file intact and loadable; :func:`run_directory_lock`
+keeps a second trainer out of a run directory that one is writing.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -166,3 +170,46 @@ def check_writable(folder: Path) -> None:
             f"cannot write to output folder '{folder}' ({err.strerror}); choose another with --out "
             "or fix its permissions"
         ) from None
+
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def run_directory_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` while the block runs, so that a second process cannot train into the same run
+    directory (two writers would interleave its checkpoints and history). An advisory ``fcntl.flock``: the OS
+    drops it when the process ends, however it ends, so a killed run leaves no stale lock. The file names its
+    holder for the error message and is removed on release; where ``fcntl`` is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(folder) / LOCK_NAME
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFileError(f"run directory '{folder}' is in use by {holder}; wait for that run to end, or stop "
+                               f"it (Ctrl-C saves 'last') and continue with 'latentbench train --resume {folder}'")
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiting process then finds the file gone and retries
+        handle.close()

@@ -43,7 +43,7 @@ from latentbench import distributed, hostmem, onednn
 from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
 from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_free_space,
-                            check_writable, read_json, remove_stale_temp, safe_torch_load)
+                            check_writable, read_json, remove_stale_temp, run_directory_lock, safe_torch_load)
 from latentbench.objectives import Objective, build_objective
 
 
@@ -823,6 +823,13 @@ def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, spl
                            "or a Ctrl-C save); start it again without --resume")
     if info.is_main:
         check_writable(paths.root)
+    with run_directory_lock(paths.root) if info.is_main else nullcontext():  # one writer per run directory
+        return _train_in(paths, cfg, resume, splits)
+
+
+def _train_in(paths: RunPaths, cfg: RunConfig, resume: bool, splits: Splits | None) -> Path:
+    """:func:`train`'s work once the run directory is this process's."""
+    if distributed.env_info().is_main:
         if not resume and paths.last.exists():
             raise RunFileError(
                 f"run directory '{paths.root}' already holds a trained run; resume it with "
