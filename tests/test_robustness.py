@@ -352,9 +352,9 @@ def test_a_killed_trainer_leaves_no_stale_lock(tmp_path):
     """The OS drops the lock with the process, however it ends; the next run takes it over."""
     folder = tmp_path / "run"
     folder.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from latentbench.io import run_directory_lock\n"
-                               f"with run_directory_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    code = ("import time\nfrom latentbench.io import run_directory_lock\n"
+            f"with run_directory_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunFileError, match=f"in use by process {holder.pid} on"):
         with run_directory_lock(folder):
