@@ -176,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     python_path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"}
-    if args.data_archives:
-        unpack(args.data_archives, work / "data")
-        env["LATENTBENCH_DATA"] = str(work / "data")
     stages = plan(work / "runs", args.smoke)
     wanted = {s for s in args.only.split(",") if s}
     unknown = wanted - {s.name for s in stages}
-    if unknown:
+    if unknown:  # before the data is unpacked, and leaving no temporary folder behind
+        shutil.rmtree(work, ignore_errors=True)
         p.error(f"unknown stage(s) {sorted(unknown)}; the stages: {', '.join(s.name for s in stages)}")
+    if args.data_archives:
+        unpack(args.data_archives, work / "data")
+        env["LATENTBENCH_DATA"] = str(work / "data")
     summary: dict[str, dict] = {}
     with open(args.out / "gpu_check.log", "w") as log:
         for stage in stages:
