@@ -539,45 +539,33 @@ def run_one(run: PlannedRun, state: str, tag: str, splits: Callable[[], Any], tr
     return True
 
 
-def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: int | None = None,
-              out: Path | None = None, data_root: str | None = None, device: str | None = None,
-              extra_overrides: list[str] | None = None, *, report: bool = True,
-              log: Callable[[str], None] | None = None,
-              train_fn: Callable[..., Path] | None = None,
-              evaluate_fn: Callable[[Path, Any, EvalConfig], dict] | None = None) -> Path:
-    """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
+class StudyRecord:
+    """``study.json``: the plan and its command, and one entry per session (start, seconds, how it ended), so
+    that the report can tell the study's whole wall time across interruptions."""
 
-    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits, eval_settings)`` default to
-    the package's training and evaluation; tests swap them to count calls.
-    """
+    def __init__(self, path: Path, spec: Preset, plan: list[PlannedRun], command: str) -> None:
+        self.path, self.spec, self.plan, self.command = path, spec, plan, command
+        self.sessions = _previous_sessions(path)
+        self.started = time.time()
+
+    def save(self, status: str) -> None:
+        now = time.time()
+        session = {"started": self.started, "ended": now, "seconds": round(now - self.started, 1),
+                   "status": status}
+        _write_study(self.path, self.spec, self.plan, self.command, {
+            "status": status, "sessions": [*self.sessions, session],
+            "wall_seconds": round(sum(s["seconds"] for s in self.sessions) + session["seconds"], 1)})
+
+
+def run_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float], record: StudyRecord,
+             train_fn: Callable[..., Path], evaluate_fn: Callable[[Path, Any, EvalConfig], dict],
+             say: Callable[[str], None]) -> list[str]:
+    """Train and evaluate, in order, every run not done yet, saving ``study.json`` after each; returns the
+    names of the runs that diverged (now or earlier). A Ctrl-C or an error is recorded in ``study.json``
+    with the run it stopped, and a Ctrl-C becomes :class:`TrainingInterrupted` naming the command that
+    continues."""
     from latentbench.train import TrainingInterrupted
 
-    say = log or (lambda text: print(text, flush=True))
-    train_fn, evaluate_fn = train_fn or _default_train, evaluate_fn or _default_evaluate
-    spec = load_preset(preset)
-    folder = Path(out) if out else Path("runs") / f"study_{spec.name}"
-    user = [*([f'data.root="{data_root}"'] if data_root else []), *([f'train.device="{device}"'] if device else []),
-            *(extra_overrides or [])]
-    plan = plan_study(spec, folder, datasets, seeds, user)
-    for run in plan:
-        check_same_settings(run)
-    check_writable(folder)
-    command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
-    study_json = folder / "study.json"
-    sessions = _previous_sessions(study_json)
-    started = time.time()
-    states = {r.name: study_state(r) for r in plan}
-    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
-    announce(spec, plan, states, estimates, folder, say)
-
-    def save_state(status: str) -> None:
-        session = {"started": started, "ended": time.time(), "seconds": round(time.time() - started, 1),
-                   "status": status}
-        _write_study(study_json, spec, plan, command, {
-            "status": status, "sessions": [*sessions, session],
-            "wall_seconds": round(sum(s["seconds"] for s in sessions) + session["seconds"], 1)})
-
-    save_state("running")
     eta, cache = Eta(estimates), _SplitsCache()
     diverged = [name for name, state in states.items() if state == "diverged"]
     current = ""
@@ -595,23 +583,55 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
             took = time.perf_counter() - t0
             eta.record(run.name, took)
             pending = [r.name for r in plan[i:] if states[r.name] not in DONE_STATES]
-            say(f"{tag}: done in {format_duration(took)}; elapsed {format_duration(time.time() - started)}, "
-                f"about {format_duration(eta.remaining(pending))} left ({len(pending)} run(s))")
-            save_state("running")
+            elapsed = format_duration(time.time() - record.started)
+            left = format_duration(eta.remaining(pending))
+            say(f"{tag}: done in {format_duration(took)}; elapsed {elapsed}, "
+                f"about {left} left ({len(pending)} run(s))")
+            record.save("running")
     except (KeyboardInterrupt, TrainingInterrupted):
-        save_state("interrupted")
-        raise TrainingInterrupted(
-            f"study interrupted during {current}; every finished run is kept in {folder}. Continue with: {command}"
-        ) from None
+        record.save("interrupted")
+        raise TrainingInterrupted(f"study interrupted during {current}; every finished run is kept in "
+                                  f"{record.path.parent}. Continue with: {record.command}") from None
     except Exception:
-        save_state(f"failed during {current}")
+        record.save(f"failed during {current}")
         raise
-    save_state("finished" if not diverged else "finished with diverged runs")
+    return diverged
+
+
+def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: int | None = None,
+              out: Path | None = None, data_root: str | None = None, device: str | None = None,
+              extra_overrides: list[str] | None = None, *, report: bool = True,
+              log: Callable[[str], None] | None = None,
+              train_fn: Callable[..., Path] | None = None,
+              evaluate_fn: Callable[[Path, Any, EvalConfig], dict] | None = None) -> Path:
+    """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
+
+    ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits, eval_settings)`` default to
+    the package's training and evaluation; tests swap them to count calls.
+    """
+    say = log or (lambda text: print(text, flush=True))
+    spec = load_preset(preset)
+    folder = Path(out) if out else Path("runs") / f"study_{spec.name}"
+    user = [*([f'data.root="{data_root}"'] if data_root else []), *([f'train.device="{device}"'] if device else []),
+            *(extra_overrides or [])]
+    plan = plan_study(spec, folder, datasets, seeds, user)
+    for run in plan:
+        check_same_settings(run)
+    check_writable(folder)
+    command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
+    record = StudyRecord(folder / "study.json", spec, plan, command)
+    states = {r.name: study_state(r) for r in plan}
+    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
+    announce(spec, plan, states, estimates, folder, say)
+    record.save("running")
+    diverged = run_plan(plan, states, estimates, record, train_fn or _default_train,
+                        evaluate_fn or _default_evaluate, say)
+    record.save("finished" if not diverged else "finished with diverged runs")
     if report:
         from latentbench.report import build_report
 
         html, md = build_report(folder)
         say(f"report: {html} and {md}")
     say(f"study {'finished' if not diverged else 'finished; diverged: ' + ', '.join(diverged)} in "
-        f"{format_duration(time.time() - started)} (this session)")
+        f"{format_duration(time.time() - record.started)} (this session)")
     return folder
