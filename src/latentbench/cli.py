@@ -7,6 +7,7 @@
     latentbench eval runs/mnist_supervised_s0 [--force] [--only e2e,e2e_flip]
     latentbench report runs/            (or a study folder)
     latentbench reproduce [--preset quick|paper|smoke] [--datasets mnist,cifar10] [--seeds N] [--out DIR]
+    latentbench status [FOLDER ...]     (what each run under runs/ or FOLDER is doing)
 
 Errors a user can fix (bad config, missing data, broken run files, a full disk) end with a one-paragraph
 message and exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be
@@ -139,6 +140,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from latentbench.status import collect, format_table
+
+    print(format_table(collect([Path(f) for f in args.folders or ["runs"]])))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentbench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default from the preset)")
     add_common(p)
     p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("status", help="what each run directory is doing: training, killed, interrupted, "
+                                      "trained, evaluated, diverged")
+    p.add_argument("folders", nargs="*", metavar="FOLDER", help="run directories or folders of them (default runs)")
+    p.set_defaults(fn=cmd_status)
     return parser
 
 

@@ -173,6 +173,43 @@ def check_writable(folder: Path) -> None:
 
 
 LOCK_NAME = ".lock"
+LOCK_WAIT_SECONDS = 1.0  # a `latentbench status` probe holds the lock for microseconds; a trainer, for hours
+
+
+def _flock_within(handle, operation: int, seconds: float) -> bool:
+    """Take ``flock(operation)`` on ``handle``, trying for up to ``seconds``; False if it stays held."""
+    import fcntl
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who trains into ``folder`` now (what the holder wrote in its lock file, e.g. 'process 4242 on host1
+    (since ...)'), or None when no process holds the lock. A non-blocking shared ``flock`` released at once,
+    so it never waits and never creates the file; where ``fcntl`` is missing (Windows), None."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        handle = open(Path(folder) / LOCK_NAME)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 @contextmanager
@@ -189,9 +226,7 @@ def run_directory_lock(folder: Path) -> Iterator[None]:
     path = Path(folder) / LOCK_NAME
     while True:
         handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_within(handle, fcntl.LOCK_EX, LOCK_WAIT_SECONDS):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()

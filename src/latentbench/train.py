@@ -17,6 +17,7 @@ Run directory: config.json, run_info.json, history.csv, checkpoints/{last,best}.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -186,6 +187,7 @@ def missing_compiler(device: torch.device) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str:
     try:
         root = Path(latentbench.__file__).resolve().parents[2]
@@ -357,6 +359,7 @@ class Trainer:
     cfg: RunConfig
     paths: RunPaths
     splits: Splits | None = None
+    started: float = field(default_factory=time.time)  # when the run first started (kept across resumes)
     device: torch.device = field(init=False)
     dist: distributed.DistInfo = field(init=False)
 
@@ -738,6 +741,7 @@ class Trainer:
         if self.dist.is_main:
             write_history(self.paths.history, self.history)
             write_history(self.paths.steps, self.step_log)
+            atomic_write_json(self.paths.info, _run_info(self, "running"))  # progress for `latentbench status`
             shown = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_")))
             left = time_left(self.history, self.epochs_left())
             print(f"[{self.cfg.run_name()}] epoch {row['epoch']}: {shown} ({seconds:.1f}s{left})"
@@ -753,20 +757,30 @@ class Trainer:
         return left
 
 
-def time_left(history: list[dict[str, Any]], epochs_left: int) -> str:
-    """``'; ~7.0 h left'`` for the epoch line: ``epochs_left`` times the median of the last three epochs'
-    seconds (robust to one slow epoch on a shared machine); ``''`` when nothing is left."""
-    recent = sorted(float(row["seconds"]) for row in history[-3:])
+def seconds_left(history: list[dict[str, Any]], epochs_left: int) -> float | None:
+    """``epochs_left`` times the median of the last three epochs' seconds (robust to one slow epoch on a
+    shared machine); None when nothing is left or no epoch has been timed."""
+    recent = sorted(float(row["seconds"]) for row in history[-3:] if "seconds" in row)
     if not epochs_left or not recent:
-        return ""
-    seconds = recent[len(recent) // 2] * epochs_left
+        return None
+    return recent[len(recent) // 2] * epochs_left
+
+
+def format_time_left(seconds: float) -> str:
+    """``'~7.0 h left'``, ``'~25 min left'``, ``'~90 s left'``."""
     shown = f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200
                                                       else f"{seconds / 3600:.1f} h")
-    return f"; ~{shown} left"
+    return f"~{shown} left"
+
+
+def time_left(history: list[dict[str, Any]], epochs_left: int) -> str:
+    """``'; ~7.0 h left'`` for the epoch line (:func:`seconds_left`); ``''`` when nothing is left."""
+    seconds = seconds_left(history, epochs_left)
+    return "" if seconds is None else f"; {format_time_left(seconds)}"
 
 
 # ----------------------------------------------------------------------------------------- run info
-def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | None = None) -> dict[str, Any]:
+def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]:
     cpu = cpu_name()
     return {
         "status": status,
@@ -797,7 +811,7 @@ def _run_info(trainer: Trainer, status: str, reason: str = "", started: float | 
         "best_epoch": trainer.early.best_epoch + 1,
         f"best_val_{trainer.monitor}": trainer.early.best,
         "train_seconds": round(trainer.elapsed, 2),
-        "started": started,
+        "started": trainer.started,
         "updated": time.time(),
         "dataset": {"name": trainer.spec.name, "shape": list(trainer.spec.shape),
                     "classes": list(trainer.spec.class_names), "train": len(trainer.splits.train),
@@ -838,27 +852,26 @@ def _train_in(paths: RunPaths, cfg: RunConfig, resume: bool, splits: Splits | No
         for leftover in (paths.last, paths.best, paths.history, paths.config, paths.info):
             remove_stale_temp(leftover)  # half-written temp files of a killed run
     trainer = Trainer(cfg, paths, splits)
-    started = time.time()
     if resume:
         trainer.restore(paths.last)
-        started = _started(paths, started)
+        trainer.started = _started(paths, trainer.started)
     if trainer.dist.is_main:
         check_free_space(paths.root, checkpoint_bytes(trainer), "its checkpoints")
         save_config(cfg, paths.config)
-        atomic_write_json(paths.info, _run_info(trainer, "running", started=started))
+        atomic_write_json(paths.info, _run_info(trainer, "running"))
         write_history(paths.history, trainer.history)  # a kill between last.pt and history.csv left it behind
     try:
         reason = trainer.fit()
     except TrainingInterrupted as err:
-        _finish(trainer, "interrupted", str(err), started)
+        _finish(trainer, "interrupted", str(err))
         raise
     except TrainingDiverged as err:
-        _finish(trainer, "diverged", str(err), started)
+        _finish(trainer, "diverged", str(err))
         raise
     finally:
         hostmem.release_free_memory()  # the steps' memory, kept in the heap while they ran
     distributed.barrier()  # under torchrun: every rank has finished its last collective
-    _finish(trainer, "finished", reason, started)
+    _finish(trainer, "finished", reason)
     return paths.root
 
 
@@ -879,9 +892,9 @@ def checkpoint_bytes(trainer: Trainer) -> int:
     return 2 * (3 * weights + buffers + average) + (weights + buffers) + 2**20
 
 
-def _finish(trainer: Trainer, status: str, reason: str, started: float) -> None:
+def _finish(trainer: Trainer, status: str, reason: str) -> None:
     if trainer.dist.is_main:
-        atomic_write_json(trainer.paths.info, _run_info(trainer, status, reason, started))
+        atomic_write_json(trainer.paths.info, _run_info(trainer, status, reason))
         if status == "finished":
             print(f"[{trainer.cfg.run_name()}] {reason}; {trainer.elapsed:.1f}s of training. "
                   f"Run directory: {trainer.paths.root}", flush=True)

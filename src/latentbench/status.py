@@ -1,0 +1,176 @@
+"""What the runs under a folder are doing, read from their own files: ``latentbench status``.
+
+    latentbench status                 (the run directories under runs/)
+    latentbench status runs/study_paper /scratch/long_runs
+
+One row per run directory: its state, epochs done of its budget, the latest validation value of the
+statistic the run selects on, the best one and its epoch, the training time so far, and what to do next;
+for a run training now, which process holds it and about how long it has left at its recent pace.
+
+The states are those :func:`latentbench.study.run_state` reads from the files (``new``, ``interrupted``,
+``trained``, ``evaluated``, ``diverged``), refined by the run directory's lock (:mod:`latentbench.io`):
+``training`` while a process holds it, and ``killed`` for a run whose ``run_info.json`` still says it is
+running while no process holds its lock: it ended without saving its state (SIGKILL, a lost machine, a job
+or session limit), and ``latentbench train --resume`` continues it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latentbench.io import RunFileError, lock_holder, read_json
+from latentbench.study import format_duration, run_state
+
+COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
+SEARCH_DEPTH = 4  # run directories as deep as runs/<study>/runs/<run>
+
+
+def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Run directories (holding config.json) in ``folder`` or up to ``depth`` levels below it; the search
+    does not descend into a run directory or a hidden folder."""
+    found = []
+    base = len(Path(folder).parts)
+    for root, subdirs, files in os.walk(folder):
+        if "config.json" in files:
+            found.append(Path(root))
+            subdirs.clear()
+        elif len(Path(root).parts) - base >= depth:
+            subdirs.clear()
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    return found
+
+
+@dataclass
+class RunStatus:
+    """One run directory's row."""
+
+    path: Path
+    state: str
+    epochs_done: int
+    epochs: int
+    val: str  # the latest epoch's value of the selected statistic, e.g. 'acc 0.7670'
+    best: str  # e.g. '0.7872 @ 22'
+    train_seconds: float
+    next: str
+
+    def cells(self) -> tuple[str, ...]:
+        trained = format_duration(self.train_seconds) if self.train_seconds else "-"
+        return (str(self.path), self.state, f"{self.epochs_done}/{self.epochs}", self.val, self.best, trained,
+                self.next)
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        value = read_json(path) if path.is_file() else {}
+    except RunFileError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    """history.csv's rows; [] when it is missing or unreadable (a status listing never fails on one run)."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+    out = []
+    for row in rows:
+        try:
+            out.append({k: float(v) for k, v in row.items() if k and v not in ("", None)})
+        except ValueError:
+            return out
+    return out
+
+
+def _selected(info: dict[str, Any]) -> tuple[str, float | None]:
+    """The statistic the run selects its best checkpoint on and its best value, from ``best_val_<stat>``."""
+    for key, value in info.items():
+        if key.startswith("best_val_"):
+            finite = isinstance(value, (int, float)) and math.isfinite(value)  # +-inf before the first epoch
+            return key[len("best_val_"):], value if finite else None
+    return "", None
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(max(0.0, seconds))
+
+
+def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | None, left: float | None) -> str:
+    """What the run is doing or what to run next, as one line."""
+    from latentbench.train import format_time_left
+
+    resume = f"continue with: latentbench train --resume {run_dir}"
+    if state == "training":
+        return f"{holder}" + (f"; {format_time_left(left)} at the recent pace" if left else "")
+    if state == "killed":
+        updated = info.get("updated")
+        when = f" (last heard from {_ago(time.time() - updated)} ago)" if isinstance(updated, (int, float)) else ""
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            return f"ended without saving its state{when} before its first epoch; train it again"
+        return f"ended without saving its state{when}; {resume}"
+    if state == "interrupted":
+        return f"stopped by Ctrl-C; {resume}"
+    if state == "trained":
+        partly = "partly evaluated (no figures yet); complete" if (run_dir / "metrics.json").is_file() else "evaluate"
+        return f"{info.get('stop_reason') or 'finished'}; {partly} with: latentbench eval {run_dir}"
+    if state == "evaluated":
+        return f"evaluated; compare with: latentbench report {run_dir.parent}"
+    if state == "diverged":
+        return str(info.get("stop_reason") or "diverged")
+    return "no epoch finished yet"
+
+
+def run_status(run_dir: Path) -> RunStatus:
+    """The row of one run directory, from its files and its lock; never raises on damaged files."""
+    from latentbench.train import seconds_left
+
+    run_dir = Path(run_dir)
+    info = _json_or_empty(run_dir / "run_info.json")
+    config = _json_or_empty(run_dir / "config.json")
+    history = _history(run_dir / "history.csv")
+    epochs = int(config.get("train", {}).get("epochs", 0) or 0)
+    epochs_done = int(history[-1].get("epoch", len(history))) if history else int(info.get("epochs_done", 0))
+    holder = lock_holder(run_dir)
+    state = run_state(run_dir)
+    if holder:
+        state = "training"
+    elif info.get("status") == "running" and state in ("new", "interrupted"):
+        state = "killed"
+    stat, best = _selected(info)
+    latest = history[-1].get(f"val_{stat}") if history and stat and stat != "last" else None
+    val = f"{stat} {latest:.4f}" if latest is not None else "-"
+    best_text = f"{best:.4f} @ {info.get('best_epoch', '?')}" if best is not None and stat != "last" else "-"
+    left = seconds_left(history, max(0, epochs - epochs_done)) if state == "training" else None
+    return RunStatus(run_dir, state, epochs_done, epochs, val, best_text, float(info.get("train_seconds") or 0.0),
+                     next_step(state, run_dir, info, holder, left))
+
+
+def collect(folders: list[Path]) -> list[RunStatus]:
+    """Every run directory in or under ``folders`` (:func:`find_runs`), in path order."""
+    dirs: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise RunFileError(f"'{folder}' is not a folder; give a run directory or a folder of them "
+                               "(default: runs)")
+        dirs += [d for d in find_runs(folder) if d not in dirs]
+    if not dirs:
+        where = ", ".join(f"'{f}'" for f in folders)
+        raise RunFileError(f"no run directories (folders holding config.json) under {where}; train into one "
+                           "first, or name the folder your runs are in")
+    return [run_status(d) for d in sorted(dirs)]
+
+
+def format_table(rows: list[RunStatus]) -> str:
+    """Plain text columns, left-aligned, the last column unpadded."""
+    cells = [COLUMNS, *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
+                     for line in cells)

@@ -1,0 +1,165 @@
+"""`latentbench status`: each run directory's state from its files and its lock, on real training processes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from latentbench import cli
+from latentbench.io import atomic_write_json, lock_holder, run_directory_lock
+from latentbench.status import collect, find_runs, format_table, run_status
+
+SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",
+             "train.batch_size=32", "train.threads=1", "train.patience=0", "model.mlp_hidden=[32, 32]",
+             "model.latent_dim=8"]
+
+
+def train_args(out: Path, *extra: str, name: str = "run") -> list[str]:
+    args = ["train", "--out", str(out), "--set", f'name="{name}"']
+    for item in [*SYNTHETIC, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def history_rows(run: Path) -> int:
+    path = run / "history.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("training never got there")
+        time.sleep(0.05)
+
+
+def test_a_training_process_then_killed_then_resumed_to_the_end(tmp_path, capsys):
+    """A real trainer is listed as training (its process, epochs, validation values, time left); after a
+    SIGKILL, which leaves run_info.json saying 'running', as killed with the command that continues it; once
+    resumed to the end, as trained."""
+    out, run = tmp_path / "runs", tmp_path / "runs" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "latentbench", *train_args(out, "train.epochs=100000")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(proc, lambda: history_rows(run) >= 2)
+        row = run_status(run)
+        assert row.state == "training"
+        assert f"process {proc.pid} on " in row.next and "left at the recent pace" in row.next
+        done, budget = row.epochs_done, row.epochs
+        assert done >= 2 and budget == 100000
+        assert row.val.startswith("mae ") and row.val != "-"
+        assert row.best.split(" @ ")[1].isdigit()  # run_info.json is rewritten after every epoch
+        assert cli.main(["status", str(out)]) == 0
+        shown = capsys.readouterr().out
+        assert "training" in shown and f"process {proc.pid}" in shown and str(run) in shown
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((run / "run_info.json").read_text())["status"] == "running"
+    row = run_status(run)
+    assert row.state == "killed" and row.epochs_done >= done
+    assert "ended without saving its state" in row.next and f"latentbench train --resume {run}" in row.next
+    epochs = row.epochs_done + 1
+    assert cli.main(["train", "--resume", str(run), "--set", f"train.epochs={epochs}"]) == 0
+    row = run_status(run)
+    assert (row.state, row.epochs_done, row.epochs) == ("trained", epochs, epochs)
+    assert f"evaluate with: latentbench eval {run}" in row.next and row.train_seconds > 0
+
+
+def _fake_run(folder: Path, status: str | None, checkpoint: bool = False, history: int = 0) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"train": {"epochs": 10}}))
+    if status is not None:
+        atomic_write_json(folder / "run_info.json", {"status": status, "stop_reason": f"why {status}",
+                                                     "best_val_acc": 0.5, "best_epoch": 1, "train_seconds": 60.0,
+                                                     "epochs_done": history, "updated": time.time() - 3600})
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.pt").write_bytes(b"")
+    if history:
+        lines = ["epoch,step,seconds,val_acc", *(f"{e},{e * 10},60.0,0.{e}" for e in range(1, history + 1))]
+        (folder / "history.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("status, checkpoint, state, says", [
+    ("interrupted", True, "interrupted", "stopped by Ctrl-C; continue with: latentbench train --resume"),
+    ("diverged", True, "diverged", "why diverged"),
+    ("running", True, "killed", "(last heard from 1h00m ago); continue with: latentbench train --resume"),
+    ("running", False, "killed", "before its first epoch; train it again"),
+    (None, False, "new", "no epoch finished yet"),
+])
+def test_each_state_names_what_to_do_next(tmp_path, status, checkpoint, state, says):
+    run = _fake_run(tmp_path / "run", status, checkpoint, history=3 if checkpoint else 0)
+    row = run_status(run)
+    assert row.state == state and says in row.next
+    if checkpoint:
+        assert (row.epochs_done, row.val, row.best) == (3, "acc 0.3000", "0.5000 @ 1")
+
+
+def test_a_held_lock_means_training_and_its_holder_is_named(tmp_path):
+    run = _fake_run(tmp_path / "run", "running", checkpoint=True, history=3)
+    with run_directory_lock(run):
+        row = run_status(run)
+        assert row.state == "training" and row.next.startswith(f"process {os.getpid()} on ")
+        assert "~7 min left at the recent pace" in row.next  # 7 epochs x the median 60 s
+    assert run_status(run).state == "killed"
+
+
+def test_lock_holder_never_creates_the_file_and_is_free_after_release(tmp_path):
+    assert lock_holder(tmp_path) is None and not (tmp_path / ".lock").exists()
+    with run_directory_lock(tmp_path):
+        assert lock_holder(tmp_path).startswith(f"process {os.getpid()} on ")
+    assert lock_holder(tmp_path) is None
+
+
+def test_a_trainer_waits_out_a_status_probe_instead_of_failing(tmp_path):
+    """A probe holds a shared lock for an instant; a trainer starting in that instant must not be refused."""
+    (tmp_path / ".lock").write_text("")
+    probe = open(tmp_path / ".lock")
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.3, probe.close).start()  # closing drops the lock
+    with run_directory_lock(tmp_path):
+        assert "process" in (tmp_path / ".lock").read_text()
+
+
+def test_damaged_files_never_stop_the_listing(tmp_path):
+    run = _fake_run(tmp_path / "run", "running", checkpoint=True, history=2)
+    (run / "run_info.json").write_text("{not json")
+    (run / "history.csv").write_text("epoch,seconds\nnot,a number\n")
+    row = run_status(run)
+    assert row.state == "interrupted" and row.val == "-" and row.best == "-"
+
+
+def test_runs_are_found_at_depth_but_not_inside_runs_or_hidden_folders(tmp_path):
+    deep = _fake_run(tmp_path / "study" / "runs" / "a" / "run_a", "interrupted", checkpoint=True)
+    shallow = _fake_run(tmp_path / "run_b", None)
+    _fake_run(shallow / "inside", None)  # a folder inside a run directory is no run of its own
+    _fake_run(tmp_path / ".hidden" / "run_c", None)
+    _fake_run(tmp_path / "1" / "2" / "3" / "4" / "too_deep", None)
+    assert find_runs(tmp_path) == [shallow, deep]
+    table = format_table(collect([tmp_path])).splitlines()
+    assert table[0].split() == ["run", "state", "epoch", "val", "best", "trained", "next"]
+    assert [line.split()[0] for line in table[1:]] == [str(shallow), str(deep)]
+
+
+def test_no_runs_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["status", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"no run directories (folders holding config.json) under '{tmp_path}'" in err
+    assert cli.main(["status", str(tmp_path / "missing")]) == 2
+    assert f"'{tmp_path / 'missing'}' is not a folder" in " ".join(capsys.readouterr().err.split())
