@@ -11,7 +11,8 @@ import pytest
 from latentbench.cli import main as cli_main
 from latentbench.config import load_config
 from latentbench.io import RunFileError
-from latentbench.report import build_report, compare, fmt_stat, infer_model, load_reference, load_study
+from latentbench.report import (build_report, compare, fmt_stat, infer_model, load_reference, load_study,
+                                runs_table)
 
 # A 1x1 transparent PNG; the report only embeds/links the files.
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360"
@@ -214,3 +215,14 @@ def test_table_1_says_when_our_probe_trained_on_augmented_copies(tmp_path):
     autoencoder = next(line for line in rows if line.startswith("| Classifier on frozen autoencoder"))
     contrastive = next(line for line in rows if line.startswith("| Contrastive"))
     assert "augmented copies" in autoencoder and "augmented copies" not in contrastive
+
+
+def test_a_running_run_is_training_while_its_lock_is_held_and_killed_after(tmp_path):
+    from latentbench.io import run_directory_lock
+
+    run = make_run(tmp_path, "mnist", "autoencoder", 0, None, status="running")
+    with run_directory_lock(run):
+        assert load_study(tmp_path).runs[0].status == "training"
+    assert load_study(tmp_path).runs[0].status == "killed (resume with latentbench train --resume)"
+    row = runs_table(load_study(tmp_path)).rows[0]
+    assert any(cell.text.startswith("killed") for cell in row)

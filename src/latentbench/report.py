@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from latentbench.io import RunFileError, atomic_write_text, read_json
+from latentbench.io import RunFileError, atomic_write_text, lock_holder, read_json
 
 MODEL_ORDER = ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive")
 MODEL_LABELS = {
@@ -84,7 +84,11 @@ class Run:
 
     @property
     def status(self) -> str:
+        """run_info.json's status; 'running' told apart as 'training' (a process holds the run's lock) or
+        'killed' (nothing does: the trainer ended without saving its state; --resume continues it)."""
         status = str(self.info.get("status", "unknown"))
+        if status == "running":
+            return "training" if lock_holder(self.path) else "killed (resume with latentbench train --resume)"
         return status if status != "finished" or self.metrics else "finished, not evaluated"
 
 
