@@ -367,6 +367,31 @@ def test_a_killed_trainer_leaves_no_stale_lock(tmp_path):
     assert not (folder / ".lock").exists()
 
 
+def test_sigterm_saves_last_at_a_step_boundary_and_exits_143(tmp_path, capsys):
+    """What a cluster scheduler sends before its time limit: the trainer finishes the step, saves 'last'
+    (mid-epoch), records the run as interrupted and exits with 128 + SIGTERM; --resume continues it."""
+    out, run = tmp_path / "runs", tmp_path / "runs" / "term"
+    args = cli_args(out, "train.epochs=100000", "data.synthetic_train=4000", name="term")
+    proc = subprocess.Popen([sys.executable, "-m", "latentbench", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 90
+    while not (run / "history.csv").is_file():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM: finishing this step and saving 'last'" in err
+    assert "stopped by SIGTERM at epoch" in err and f"latentbench train --resume {run}" in err
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and "SIGTERM" in info["stop_reason"]
+    saved = safe_torch_load(run / "checkpoints" / "last.pt")
+    epoch = saved["epoch"] + 1
+    assert cli.main(["train", "--resume", str(run), "--set", f"train.epochs={epoch}"]) == 0
+    assert safe_torch_load(run / "checkpoints" / "last.pt")["epoch"] == epoch
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -84,7 +84,8 @@ def _fake_run(folder: Path, status: str | None, checkpoint: bool = False, histor
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"train": {"epochs": 10}}))
     if status is not None:
-        atomic_write_json(folder / "run_info.json", {"status": status, "stop_reason": f"why {status}",
+        status, _, why = status.partition("-")
+        atomic_write_json(folder / "run_info.json", {"status": status, "stop_reason": f"why {status} {why}",
                                                      "best_val_acc": 0.5, "best_epoch": 1, "train_seconds": 60.0,
                                                      "epochs_done": history, "updated": time.time() - 3600})
     if checkpoint:
@@ -98,6 +99,7 @@ def _fake_run(folder: Path, status: str | None, checkpoint: bool = False, histor
 
 @pytest.mark.parametrize("status, checkpoint, state, says", [
     ("interrupted", True, "interrupted", "stopped by Ctrl-C; continue with: latentbench train --resume"),
+    ("interrupted-SIGTERM", True, "interrupted", "stopped by SIGTERM; continue with: latentbench train --resume"),
     ("diverged", True, "diverged", "why diverged"),
     ("running", True, "killed", "(last heard from 1h00m ago); continue with: latentbench train --resume"),
     ("running", False, "killed", "before its first epoch; train it again"),

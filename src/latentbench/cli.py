@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.fn(args)
     except TrainingInterrupted as err:
         print(f"latentbench: {err}", file=sys.stderr)
-        return 130
+        return err.exit_code
     except KeyboardInterrupt:
         print("latentbench: interrupted; finished work is kept on disk.", file=sys.stderr)
         return 130

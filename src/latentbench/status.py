@@ -116,7 +116,8 @@ def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | Non
             return f"ended without saving its state{when} before its first epoch; train it again"
         return f"ended without saving its state{when}; {resume}"
     if state == "interrupted":
-        return f"stopped by Ctrl-C; {resume}"
+        by = "SIGTERM" if "SIGTERM" in str(info.get("stop_reason", "")) else "Ctrl-C"
+        return f"stopped by {by}; {resume}"
     if state == "trained":
         partly = "partly evaluated (no figures yet); complete" if (run_dir / "metrics.json").is_file() else "evaluate"
         return f"{info.get('stop_reason') or 'finished'}; {partly} with: latentbench eval {run_dir}"

@@ -588,10 +588,11 @@ def run_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str
             say(f"{tag}: done in {format_duration(took)}; elapsed {elapsed}, "
                 f"about {left} left ({len(pending)} run(s))")
             record.save("running")
-    except (KeyboardInterrupt, TrainingInterrupted):
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
         record.save("interrupted")
         raise TrainingInterrupted(f"study interrupted during {current}; every finished run is kept in "
-                                  f"{record.path.parent}. Continue with: {record.command}") from None
+                                  f"{record.path.parent}. Continue with: {record.command}",
+                                  exit_code=getattr(err, "exit_code", 130)) from None
     except Exception:
         record.save(f"failed during {current}")
         raise

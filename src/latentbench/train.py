@@ -53,7 +53,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: ``last`` was saved; the run can be resumed."""
+    """Ctrl-C or SIGTERM: ``last`` was saved; the run can be resumed. ``exit_code`` is the shell's
+    convention for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ----------------------------------------------------------------------------------------- environment
@@ -419,7 +424,8 @@ class Trainer:
         self.partial: dict[str, float] = {}  # running train sums of an interrupted epoch
         self._sums: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
-        self._interrupt_requested = False  # set by the first Ctrl-C; acted on at the next step boundary
+        self._interrupt_requested = False  # set by the first Ctrl-C or SIGTERM; acted on at the next step boundary
+        self._stop_signal = signal.SIGINT  # which of the two asked
         self._in_step = False  # a step is in flight: BatchNorm buffers, RNGs or weights may be half-way
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
 
@@ -648,7 +654,7 @@ class Trainer:
         from tqdm import tqdm
 
         quiet = not sys.stderr.isatty() or not self.dist.is_main
-        with self._ctrl_c_at_step_boundary():
+        with self._stop_at_step_boundary():
             reason = self._stop_reason()
             while reason is None:
                 start = time.perf_counter()
@@ -666,14 +672,14 @@ class Trainer:
                 self._end_epoch(train_stats, val_stats, seconds)
                 reason = self._stop_reason()
                 if reason is None and self._interrupt_requested:  # Ctrl-C during validation: 'last' is saved
-                    raise TrainingInterrupted(f"interrupted after epoch {self.epoch}; saved '{self.paths.last}'. "
-                                              f"Continue with: latentbench train --resume {self.paths.root}")
+                    raise self._interrupted(f"after epoch {self.epoch}; saved '{self.paths.last}'. "
+                                            f"Continue with: latentbench train --resume {self.paths.root}")
         return reason
 
     def _save_interrupted(self) -> TrainingInterrupted:
         """Ctrl-C inside an epoch: save ``last`` mid-epoch when it came between two steps.
 
-        Inside a step (a KeyboardInterrupt that bypassed the handler of :meth:`_ctrl_c_at_step_boundary`)
+        Inside a step (a KeyboardInterrupt that bypassed the handler of :meth:`_stop_at_step_boundary`)
         the forward pass has already moved BatchNorm statistics and drawn random numbers, and the optimizer
         may have updated part of the weights: nothing is saved then, and ``last`` stays as it was.
         """
@@ -681,40 +687,54 @@ class Trainer:
         resume = f"Continue with: latentbench train --resume {self.paths.root}"
         if self._in_step:
             if not self.paths.last.exists():
-                return TrainingInterrupted(f"interrupted inside a training step at {where}; nothing had been "
-                                           "saved yet, so start the run again")
-            return TrainingInterrupted(f"interrupted inside a training step at {where}; kept the previous "
-                                       f"checkpoint '{self.paths.last}'. {resume}")
+                return self._interrupted(f"inside a training step at {where}; nothing had been saved yet, so "
+                                         "start the run again")
+            return self._interrupted(f"inside a training step at {where}; kept the previous checkpoint "
+                                     f"'{self.paths.last}'. {resume}")
         self._raise_if_diverged()
         self.partial = {k: float(v) for k, v in self._sums.items()}
         self.save_last()
-        return TrainingInterrupted(f"interrupted at {where}; saved '{self.paths.last}'. {resume}")
+        return self._interrupted(f"at {where}; saved '{self.paths.last}'. {resume}")
+
+    def _interrupted(self, details: str) -> TrainingInterrupted:
+        """``'interrupted <details>'`` after Ctrl-C, ``'stopped by SIGTERM <details>'`` after SIGTERM."""
+        if self._stop_signal == signal.SIGTERM:
+            return TrainingInterrupted(f"stopped by SIGTERM {details}", exit_code=128 + signal.SIGTERM)
+        return TrainingInterrupted(f"interrupted {details}")
 
     @contextmanager
-    def _ctrl_c_at_step_boundary(self):
-        """The first Ctrl-C finishes the step in flight, saves ``last`` and stops; a second one stops at once.
+    def _stop_at_step_boundary(self):
+        """The first Ctrl-C (SIGINT) or SIGTERM finishes the step in flight, saves ``last`` and stops; a second
+        one stops at once. SIGTERM is what a cluster scheduler (SLURM, Kubernetes) or ``kill`` sends before it
+        kills a job: the run then loses at most one step, not the epoch since its last checkpoint.
 
-        Installed only in the main thread of a single-process run whose SIGINT has a Python handler (not
-        ignored; under torchrun each rank would stop at a different step). Elsewhere a KeyboardInterrupt
-        inside a step keeps the previous ``last`` (see :meth:`_save_interrupted`).
+        Installed only in the main thread of a single-process run (under torchrun each rank would stop at a
+        different step), for SIGINT where it has a Python handler (not ignored) and for SIGTERM where it has
+        the default one (a handler someone else installed stays). Elsewhere a KeyboardInterrupt inside a step
+        keeps the previous ``last`` (see :meth:`_save_interrupted`).
         """
-        if (threading.current_thread() is not threading.main_thread() or self.dist.enabled
-                or not callable(signal.getsignal(signal.SIGINT))):
+        if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
             yield
             return
 
-        def on_ctrl_c(signum, frame):
+        def on_signal(signum, frame):
             if self._interrupt_requested:
                 raise KeyboardInterrupt
-            self._interrupt_requested = True
-            print("\nlatentbench: Ctrl-C: finishing this step and saving 'last' (press Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            self._interrupt_requested, self._stop_signal = True, signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else f"a second {name} stops it"
+            print(f"\nlatentbench: {name}: finishing this step and saving 'last' ({again})", file=sys.stderr,
+                  flush=True)
 
-        previous = signal.signal(signal.SIGINT, on_ctrl_c)
+        wanted = [signal.SIGTERM] if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else []
+        if callable(signal.getsignal(signal.SIGINT)):
+            wanted.append(signal.SIGINT)
+        previous = {signum: signal.signal(signum, on_signal) for signum in wanted}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _monitored(self, val_stats: dict[str, float]) -> float:
         """The value the best checkpoint is selected on; with ``train.monitor = 'last'`` the epoch number, so
