@@ -61,8 +61,8 @@ def test_a_training_process_then_killed_then_resumed_to_the_end(tmp_path, capsys
         assert f"process {proc.pid} on " in row.next and "left at the recent pace" in row.next
         done, budget = row.epochs_done, row.epochs
         assert done >= 2 and budget == 100000
-        assert row.val.startswith("mae ") and row.val != "-"
-        assert row.best.split(" @ ")[1].isdigit()  # run_info.json is rewritten after every epoch
+        assert row.statistic == "mae" and row.latest > 0 and row.seconds_left > 0
+        assert row.best_epoch >= 1 and row.best > 0  # run_info.json is rewritten after every epoch
         assert cli.main(["status", str(out)]) == 0
         shown = capsys.readouterr().out
         assert "training" in shown and f"process {proc.pid}" in shown and str(run) in shown
@@ -110,7 +110,8 @@ def test_each_state_names_what_to_do_next(tmp_path, status, checkpoint, state, s
     row = run_status(run)
     assert row.state == state and says in row.next
     if checkpoint:
-        assert (row.epochs_done, row.val, row.best) == (3, "acc 0.3000", "0.5000 @ 1")
+        assert (row.epochs_done, row.latest, row.best, row.best_epoch) == (3, 0.3, 0.5, 1)
+        assert row.cells()[2:5] == ("3/10", "acc 0.3000", "0.5000 @ 1")
 
 
 def test_a_held_lock_means_training_and_its_holder_is_named(tmp_path):
@@ -144,7 +145,8 @@ def test_damaged_files_never_stop_the_listing(tmp_path):
     (run / "run_info.json").write_text("{not json")
     (run / "history.csv").write_text("epoch,seconds\nnot,a number\n")
     row = run_status(run)
-    assert row.state == "interrupted" and row.val == "-" and row.best == "-"
+    assert row.state == "interrupted" and row.latest is None and row.best is None
+    assert row.cells()[3:5] == ("-", "-")
 
 
 def test_runs_are_found_at_depth_but_not_inside_runs_or_hidden_folders(tmp_path):
@@ -157,6 +159,15 @@ def test_runs_are_found_at_depth_but_not_inside_runs_or_hidden_folders(tmp_path)
     table = format_table(collect([tmp_path])).splitlines()
     assert table[0].split() == ["run", "state", "epoch", "val", "best", "trained", "next"]
     assert [line.split()[0] for line in table[1:]] == [str(shallow), str(deep)]
+
+
+def test_json_output_for_scripts(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", "interrupted", checkpoint=True, history=2)
+    assert cli.main(["status", "--json", str(tmp_path)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["path"] == str(run) and row["state"] == "interrupted"
+    assert (row["epochs_done"], row["epochs"], row["train_seconds"]) == (2, 10, 60.0)
+    assert (row["statistic"], row["latest"], row["best"], row["best_epoch"]) == ("acc", 0.2, 0.5, 1)
 
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):

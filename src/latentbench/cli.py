@@ -141,9 +141,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from latentbench.status import collect, format_table
+    from latentbench.status import as_json, collect, format_table
 
-    print(format_table(collect([Path(f) for f in args.folders or ["runs"]])))
+    rows = collect([Path(f) for f in args.folders or ["runs"]])
+    print(as_json(rows) if args.json else format_table(rows))
     return 0
 
 
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what each run directory is doing: training, killed, interrupted, "
                                       "trained, evaluated, diverged")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="run directories or folders of them (default runs)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run, for scripts and dashboards")
     p.set_defaults(fn=cmd_status)
     return parser
 

@@ -17,10 +17,11 @@ or session limit), and ``latentbench train --resume`` continues it from its last
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +49,25 @@ def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
 
 @dataclass
 class RunStatus:
-    """One run directory's row."""
+    """One run directory's row; :meth:`cells` is how the table shows it."""
 
     path: Path
     state: str
     epochs_done: int
     epochs: int
-    val: str  # the latest epoch's value of the selected statistic, e.g. 'acc 0.7670'
-    best: str  # e.g. '0.7872 @ 22'
+    statistic: str  # what the run selects its best checkpoint on, e.g. 'acc' (val_acc); '' when unknown
+    latest: float | None  # the statistic at the latest epoch
+    best: float | None
+    best_epoch: int | None
     train_seconds: float
+    seconds_left: float | None  # for a run training now, at its recent pace
     next: str
 
     def cells(self) -> tuple[str, ...]:
+        val = f"{self.statistic} {self.latest:.4f}" if self.latest is not None else "-"
+        best = f"{self.best:.4f} @ {self.best_epoch}" if self.best is not None else "-"
         trained = format_duration(self.train_seconds) if self.train_seconds else "-"
-        return (str(self.path), self.state, f"{self.epochs_done}/{self.epochs}", self.val, self.best, trained,
-                self.next)
+        return str(self.path), self.state, f"{self.epochs_done}/{self.epochs}", val, best, trained, self.next
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
@@ -145,12 +150,14 @@ def run_status(run_dir: Path) -> RunStatus:
     elif info.get("status") == "running" and state in ("new", "interrupted"):
         state = "killed"
     stat, best = _selected(info)
-    latest = history[-1].get(f"val_{stat}") if history and stat and stat != "last" else None
-    val = f"{stat} {latest:.4f}" if latest is not None else "-"
-    best_text = f"{best:.4f} @ {info.get('best_epoch', '?')}" if best is not None and stat != "last" else "-"
+    if stat == "last":  # selects the final epoch: no value to show
+        best = None
+    latest = history[-1].get(f"val_{stat}") if history and stat else None
+    best_epoch = info.get("best_epoch") if best is not None else None
     left = seconds_left(history, max(0, epochs - epochs_done)) if state == "training" else None
-    return RunStatus(run_dir, state, epochs_done, epochs, val, best_text, float(info.get("train_seconds") or 0.0),
-                     next_step(state, run_dir, info, holder, left))
+    return RunStatus(run_dir, state, epochs_done, epochs, stat, latest, best,
+                     int(best_epoch) if isinstance(best_epoch, (int, float)) else None,
+                     float(info.get("train_seconds") or 0.0), left, next_step(state, run_dir, info, holder, left))
 
 
 def collect(folders: list[Path]) -> list[RunStatus]:
@@ -167,6 +174,11 @@ def collect(folders: list[Path]) -> list[RunStatus]:
         raise RunFileError(f"no run directories (folders holding config.json) under {where}; train into one "
                            "first, or name the folder your runs are in")
     return [run_status(d) for d in sorted(dirs)]
+
+
+def as_json(rows: list[RunStatus]) -> str:
+    """The rows as a JSON list, the columns under their names (``path`` a string, seconds a number)."""
+    return json.dumps([{**asdict(row), "path": str(row.path)} for row in rows], indent=1)
 
 
 def format_table(rows: list[RunStatus]) -> str:
