@@ -312,3 +312,15 @@ def test_flip_tta_scores_the_supervised_head_on_each_image_and_its_mirror(tmp_pa
     assert "e2e_flip" not in [stage for stage, _, _ in metric_groups(off)]
     digits = load_run(train(tiny_config(tmp_path / "digits", "supervised", extra=FAST)))
     assert "e2e_flip" not in [stage for stage, _, _ in metric_groups(digits)]
+
+
+def test_an_unfinished_run_is_scored_with_a_note_that_says_so(tmp_path, capsys):
+    run = train(tiny_config(tmp_path, "autoencoder", extra=FAST))
+    info = json.loads((run / "run_info.json").read_text())
+    evaluate_run(run, only=["knn"])  # a status probe on every evaluation, never an error
+    assert "note:" not in capsys.readouterr().out  # a finished run: no note
+    (run / "run_info.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    evaluate_run(run, only=["knn"])
+    said = capsys.readouterr().out
+    assert f"note: this run is interrupted at epoch 2 of 2, so these are the scores of its best.pt (epoch " in said
+    assert "evaluate again when it has finished" in said

@@ -790,6 +790,21 @@ def _is_stale(run: EvalRun, samples: dict[str, Any]) -> str:
     return ""
 
 
+def unfinished_note(run_dir: Path, checkpoint: Path) -> str:
+    """'' for a run whose training finished; otherwise a note that its scores are those of a checkpoint from
+    a run still training, interrupted or killed (:mod:`latentbench.status`). Evaluating one is allowed (a
+    look at a long run part-way); once the run goes on, its changed checkpoint makes these results stale, and
+    the next ``latentbench eval`` recomputes them."""
+    from latentbench.status import run_status
+
+    row = run_status(run_dir)
+    if row.state in ("trained", "evaluated"):
+        return ""
+    when = f" (epoch {row.best_epoch})" if row.best_epoch and checkpoint.name.startswith("best") else ""
+    return (f"note: this run is {row.state} at epoch {row.epochs_done} of {row.epochs}, so these are the scores "
+            f"of its {checkpoint.name}{when} so far; evaluate again when it has finished")
+
+
 def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None = None,
                  only: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a trained run directory; write metrics.json, figures/ and caches into it; return metrics.json.
@@ -798,6 +813,9 @@ def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None
     results already in the run directory are kept, and ``force`` then recomputes just these stages.
     """
     run = load_run(Path(run_dir), overrides)
+    note = unfinished_note(run.paths.root, run.checkpoint)
+    if note:
+        _say(run, note)
     try:
         return evaluate(run, force, only)
     finally:
