@@ -140,6 +140,15 @@ def test_a_trainer_waits_out_a_status_probe_instead_of_failing(tmp_path):
         assert "process" in (tmp_path / ".lock").read_text()
 
 
+def test_without_locks_a_running_run_is_training_or_killed(tmp_path, monkeypatch):
+    import latentbench.status
+
+    run = _fake_run(tmp_path / "run", "running", checkpoint=True, history=3)
+    monkeypatch.setattr(latentbench.status, "LOCKS_WORK", False)  # as on Windows
+    row = run_status(run)
+    assert row.state == "training or killed" and "if it was killed, continue with" in row.next
+
+
 def test_damaged_files_never_stop_the_listing(tmp_path):
     run = _fake_run(tmp_path / "run", "running", checkpoint=True, history=2)
     (run / "run_info.json").write_text("{not json")
@@ -147,6 +156,12 @@ def test_damaged_files_never_stop_the_listing(tmp_path):
     row = run_status(run)
     assert row.state == "interrupted" and row.latest is None and row.best is None
     assert row.cells()[3:5] == ("-", "-")
+    (run / "config.json").write_text(json.dumps({"train": [1, 2]}))  # valid JSON, wrong shape
+    (run / "run_info.json").write_text(json.dumps({"status": "running", "epochs_done": "x", "best_epoch": None,
+                                                   "best_val_acc": "y", "train_seconds": [], "updated": "z"}))
+    (run / "history.csv").unlink()
+    row = run_status(run)
+    assert (row.state, row.epochs_done, row.epochs, row.best, row.train_seconds) == ("killed", 0, 0, None, 0.0)
 
 
 def test_runs_are_found_at_depth_but_not_inside_runs_or_hidden_folders(tmp_path):

@@ -173,6 +173,12 @@ def check_writable(folder: Path) -> None:
 
 
 LOCK_NAME = ".lock"
+try:
+    import fcntl  # noqa: F401  (POSIX)
+
+    LOCKS_WORK = True
+except ImportError:  # Windows: no run-directory lock, so no telling a live run from a killed one
+    LOCKS_WORK = False
 LOCK_WAIT_SECONDS = 1.0  # a `latentbench status` probe holds the lock for microseconds; a trainer, for hours
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from latentbench.io import RunFileError, lock_holder, read_json
+from latentbench.io import LOCKS_WORK, RunFileError, lock_holder, read_json
 from latentbench.study import format_duration, run_state
 
 COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
@@ -103,8 +103,9 @@ def _selected(info: dict[str, Any]) -> tuple[str, float | None]:
     return "", None
 
 
-def _ago(seconds: float) -> str:
-    return format_duration(max(0.0, seconds))
+def _int(value: Any) -> int:
+    """A count from a run file; 0 for anything that is not a number."""
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0
 
 
 def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | None, left: float | None) -> str:
@@ -114,9 +115,12 @@ def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | Non
     resume = f"continue with: latentbench train --resume {run_dir}"
     if state == "training":
         return f"{holder}" + (f"; {format_time_left(left)} at the recent pace" if left else "")
+    if state == "training or killed":
+        return f"no lock on this system to tell which; if it was killed, {resume}"
     if state == "killed":
         updated = info.get("updated")
-        when = f" (last heard from {_ago(time.time() - updated)} ago)" if isinstance(updated, (int, float)) else ""
+        ago = format_duration(max(0.0, time.time() - updated)) if isinstance(updated, (int, float)) else ""
+        when = f" (last heard from {ago} ago)" if ago else ""
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             return f"ended without saving its state{when} before its first epoch; train it again"
         return f"ended without saving its state{when}; {resume}"
@@ -141,23 +145,25 @@ def run_status(run_dir: Path) -> RunStatus:
     info = _json_or_empty(run_dir / "run_info.json")
     config = _json_or_empty(run_dir / "config.json")
     history = _history(run_dir / "history.csv")
-    epochs = int(config.get("train", {}).get("epochs", 0) or 0)
-    epochs_done = int(history[-1].get("epoch", len(history))) if history else int(info.get("epochs_done", 0))
+    train_section = config.get("train")
+    epochs = _int(train_section.get("epochs") if isinstance(train_section, dict) else None)
+    epochs_done = _int(history[-1].get("epoch", len(history)) if history else info.get("epochs_done"))
     holder = lock_holder(run_dir)
     state = run_state(run_dir)
     if holder:
         state = "training"
     elif info.get("status") == "running" and state in ("new", "interrupted"):
-        state = "killed"
+        state = "killed" if LOCKS_WORK else "training or killed"
     stat, best = _selected(info)
     if stat == "last":  # selects the final epoch: no value to show
         best = None
     latest = history[-1].get(f"val_{stat}") if history and stat else None
-    best_epoch = info.get("best_epoch") if best is not None else None
+    best_epoch = (_int(info.get("best_epoch")) or None) if best is not None else None
     left = seconds_left(history, max(0, epochs - epochs_done)) if state == "training" else None
-    return RunStatus(run_dir, state, epochs_done, epochs, stat, latest, best,
-                     int(best_epoch) if isinstance(best_epoch, (int, float)) else None,
-                     float(info.get("train_seconds") or 0.0), left, next_step(state, run_dir, info, holder, left))
+    seconds = info.get("train_seconds")
+    return RunStatus(run_dir, state, epochs_done, epochs, stat, latest, best, best_epoch,
+                     float(seconds) if isinstance(seconds, (int, float)) else 0.0, left,
+                     next_step(state, run_dir, info, holder, left))
 
 
 def collect(folders: list[Path]) -> list[RunStatus]:
