@@ -349,3 +349,20 @@ def test_a_wider_mlp_probe_raises_the_evaluation_estimate_as_measured(tmp_path):
     assert abs(study.probe_width_factor(plans[256][0].config) - 1.48) < 0.01  # session 11's measured ratio
     for narrow, wide in zip(plans[64], plans[256]):
         assert estimate_seconds(wide, "trained") > estimate_seconds(narrow, "trained")
+
+
+def test_a_sigterm_stopped_run_stops_the_study_with_the_signals_exit_status(tmp_path, capsys, monkeypatch):
+    """A trainer stopped by SIGTERM (exit status 143) stops the study the same way, and the CLI exits 143."""
+    def stopped_by_sigterm(cfg, run_dir, resume, splits):
+        raise TrainingInterrupted("stopped by SIGTERM at epoch 1, step 3", exit_code=143)
+
+    with pytest.raises(TrainingInterrupted, match="study interrupted during mnist_autoencoder_s0") as caught:
+        reproduce("smoke", out=tmp_path / "study", datasets=["mnist"], train_fn=stopped_by_sigterm,
+                  log=lambda _: None, report=False)
+    assert caught.value.exit_code == 143
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["status"] == "interrupted"
+    from latentbench.cli import main
+
+    monkeypatch.setattr(study, "reproduce", lambda *a, **k: stopped_by_sigterm(None, None, False, None))
+    assert main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "cli")]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
