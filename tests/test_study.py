@@ -366,3 +366,18 @@ def test_a_sigterm_stopped_run_stops_the_study_with_the_signals_exit_status(tmp_
     monkeypatch.setattr(study, "reproduce", lambda *a, **k: stopped_by_sigterm(None, None, False, None))
     assert main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "cli")]) == 143
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_announce_gives_the_plan_its_cost_and_how_to_watch_it(tmp_path):
+    spec = load_preset("smoke")
+    plan = study.plan_study(spec, tmp_path / "study", ["mnist"], 1, [])
+    lines: list[str] = []
+    study.announce(spec, plan, {r.name: "new" for r in plan}, {r.name: 90.0 for r in plan}, tmp_path / "study",
+                   lines.append)
+    assert f"{len(plan)} runs (MNIST: {len(GRID['mnist'])} models x 1 seed(s)); 0 already done" in lines[1]
+    assert f"remaining {len(plan)}: ~{study.format_duration(90.0 * len(plan))}" in lines[2]
+    assert lines[3] == f"  progress, from another terminal: latentbench status {tmp_path / 'study'}"
+    lines.clear()
+    study.announce(spec, plan, {r.name: "evaluated" for r in plan}, {r.name: 0.0 for r in plan},
+                   tmp_path / "study", lines.append)
+    assert len(lines) == 3 and f"{len(plan)} already done" in lines[1]  # nothing left to watch

@@ -491,6 +491,8 @@ def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estim
     say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
     say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[n] for n in todo))} "
         "on a 2-core CPU (refined as runs finish)")
+    if todo:
+        say(f"  progress, from another terminal: latentbench status {out}")
 
 
 def evaluated_as_planned(run: PlannedRun) -> bool:
