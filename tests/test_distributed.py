@@ -320,6 +320,41 @@ def test_torchrun_cli_run_dir_is_a_single_process_run_dir(world, tmp_path):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)  # see ZERO_GRADIENT
 
 
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_saves_last(tmp_path):
+    """SIGTERM to torchrun's agent (as a scheduler sends it), which forwards it to the ranks: they agree on one
+    step boundary, rank 0 saves 'last' there and records the run as interrupted, and it resumes."""
+    import signal
+    import time
+
+    from latentbench import cli
+    from latentbench.io import safe_torch_load
+    from latentbench.train import STOP_CHECK_STEPS
+
+    sets = [*CLI_SETS, "train.epochs=100000", "data.synthetic_train=4000", "train.batch_size=32", 'name="term"']
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m",
+           "latentbench", "train", "--out", str(tmp_path), *[a for s in sets for a in ("--set", s)]]
+    agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    run = tmp_path / "term"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (run / "history.csv").is_file():
+        assert agent.poll() is None, agent.stderr.read()[-4000:]
+        assert time.monotonic() < deadline, "no epoch finished under torchrun"
+        time.sleep(0.1)
+    agent.send_signal(signal.SIGTERM)
+    err = agent.communicate(timeout=TIMEOUT_S)[1]
+    assert "all ranks stop at the next agreed step" in err, err[-4000:]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and info["stop_reason"].startswith("stopped by SIGTERM"), err[-4000:]
+    saved = safe_torch_load(run / "checkpoints" / "last.pt")
+    assert saved["step"] % STOP_CHECK_STEPS == 0 or saved["batch_in_epoch"] == 0  # an agreed boundary
+    assert f"step {saved['step']};" in info["stop_reason"] or saved["batch_in_epoch"] == 0
+    epochs = saved["epoch"] + 1
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", "--resume", str(run), "--set", f"train.epochs={epochs}"]) == 0
+    assert safe_torch_load(run / "checkpoints" / "last.pt")["epoch"] == epochs
+
+
 @pytest.mark.slow
 def test_torchrun_command_trains_then_eval_and_report_run_once(tmp_path):
     """The literal ``torchrun ... -m latentbench train``; then ``latentbench eval`` and ``report`` without torchrun."""

@@ -13,7 +13,7 @@ of this does anything. What lives here:
 * :func:`convert_sync_batchnorm` - BatchNorm statistics over the global batch: PyTorch's
   ``nn.SyncBatchNorm`` on GPUs, :class:`CPUSyncBatchNorm` on CPU (``nn.SyncBatchNorm`` rejects CPU
   tensors in torch 2.x: "SyncBatchNorm expected input tensor to be on GPU or XPU").
-* :func:`all_reduce_mean`, :func:`broadcast_stats`, :func:`barrier` - small
+* :func:`all_reduce_mean`, :func:`all_reduce_max`, :func:`broadcast_stats`, :func:`barrier` - small
   non-differentiable collectives for logging and for decisions every rank must share.
 
 The two differentiable collectives are small ``autograd.Function``s over ``dist.all_gather`` and
@@ -247,6 +247,14 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         t = t.detach().clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of a tensor over ranks (identity for one process); not differentiable."""
+    if is_initialized():
+        t = t.detach().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 

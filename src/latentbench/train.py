@@ -48,6 +48,9 @@ from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, 
 from latentbench.objectives import Objective, build_objective
 
 
+STOP_CHECK_STEPS = 10  # under torchrun: steps between the ranks' checks for a stop signal
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
@@ -605,8 +608,8 @@ class Trainer:
                                       "lr": self.optimizer.param_groups[0]["lr"]})
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
-            if self._interrupt_requested:
-                raise KeyboardInterrupt  # at a step boundary: everything is consistent
+            if self._stop_agreed():
+                raise KeyboardInterrupt  # at a step boundary (the same one on every rank): everything is consistent
         self._raise_if_diverged()
         self._sums = {}
         n = float(sums.pop("_n", torch.tensor(1.0)))
@@ -671,7 +674,7 @@ class Trainer:
                 self.elapsed += seconds
                 self._end_epoch(train_stats, val_stats, seconds)
                 reason = self._stop_reason()
-                if reason is None and self._interrupt_requested:  # Ctrl-C during validation: 'last' is saved
+                if reason is None and self._stop_agreed(now=True):  # a stop during validation: 'last' is saved
                     raise self._interrupted(f"after epoch {self.epoch}; saved '{self.paths.last}'. "
                                             f"Continue with: latentbench train --resume {self.paths.root}")
         return reason
@@ -704,24 +707,32 @@ class Trainer:
 
     @contextmanager
     def _stop_at_step_boundary(self):
-        """The first Ctrl-C (SIGINT) or SIGTERM finishes the step in flight, saves ``last`` and stops; a second
-        one stops at once. SIGTERM is what a cluster scheduler (SLURM, Kubernetes) or ``kill`` sends before it
-        kills a job: the run then loses at most one step, not the epoch since its last checkpoint.
+        """The first Ctrl-C (SIGINT) or SIGTERM finishes the step in flight, saves ``last`` and stops. SIGTERM is
+        what a cluster scheduler (SLURM, Kubernetes) or ``kill`` sends before it kills a job: the run then loses
+        at most one step, not the epoch since its last checkpoint.
 
-        Installed only in the main thread of a single-process run (under torchrun each rank would stop at a
-        different step), for SIGINT where it has a Python handler (not ignored) and for SIGTERM where it has
-        the default one (a handler someone else installed stays). Elsewhere a KeyboardInterrupt inside a step
-        keeps the previous ``last`` (see :meth:`_save_interrupted`).
+        Installed in the main thread, for SIGINT where it has a Python handler (not ignored) and for SIGTERM
+        where it has the default one (a handler someone else installed stays). In one process a second signal
+        stops at once (a KeyboardInterrupt inside a step keeps the previous ``last``, see
+        :meth:`_save_interrupted`). Under torchrun the ranks agree on the step to stop at
+        (:meth:`_stop_agreed`), and a second signal changes nothing: torchrun's agent forwards SIGTERM after
+        a Ctrl-C, and a rank that left early would leave the others waiting in a collective.
         """
-        if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def on_signal(signum, frame):
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             if self._interrupt_requested:
+                if self.dist.enabled:
+                    return
                 raise KeyboardInterrupt
             self._interrupt_requested, self._stop_signal = True, signum
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            if self.dist.enabled:
+                print(f"\nlatentbench: {name} (rank {self.dist.rank}): all ranks stop at the next agreed step "
+                      "and save 'last'", file=sys.stderr, flush=True)
+                return
             again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else f"a second {name} stops it"
             print(f"\nlatentbench: {name}: finishing this step and saving 'last' ({again})", file=sys.stderr,
                   flush=True)
@@ -735,6 +746,23 @@ class Trainer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _stop_agreed(self, now: bool = False) -> bool:
+        """Whether to stop at this step boundary. In one process: whether a stop signal came. Under torchrun
+        every rank must stop at the same step, so every ``STOP_CHECK_STEPS`` steps (and at ``now``) the ranks
+        all-reduce their flags: a signal that reached any rank stops them all there. All ranks call this at
+        the same steps; a check is one all-reduce of two numbers (and one host sync on a GPU)."""
+        if not self.dist.enabled:
+            return self._interrupt_requested
+        if not now and self.step % STOP_CHECK_STEPS:
+            return False
+        flags = torch.tensor([float(self._interrupt_requested), float(self._stop_signal == signal.SIGTERM)],
+                             device=self.device)
+        flags = distributed.all_reduce_max(flags)
+        if flags[0] > 0:
+            self._interrupt_requested = True
+            self._stop_signal = signal.SIGTERM if flags[1] > 0 else signal.SIGINT
+        return bool(flags[0] > 0)
 
     def _monitored(self, val_stats: dict[str, float]) -> float:
         """The value the best checkpoint is selected on; with ``train.monitor = 'last'`` the epoch number, so
