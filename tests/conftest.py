@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,32 @@ from latentbench.config import RunConfig, load_config
 REAL_DATA = Path(os.environ.get("LATENTBENCH_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 torch.set_num_threads(1)
+
+# `latentbench train` arguments for a synthetic run that trains in a second (tests that run the CLI)
+SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",
+             "train.batch_size=32", "train.threads=1", "train.patience=0", "model.mlp_hidden=[32, 32]",
+             "model.latent_dim=8"]
+
+
+def wait_until(proc: subprocess.Popen, ready, timeout: float = 90.0, poll: float = 0.05) -> None:
+    """Wait until ``ready()`` while ``proc`` (stderr piped as text) runs; fail with its stderr if it exits
+    first, and kill it and fail if ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the process never got there in {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def cli_args(out: Path, *extra: str, name: str = "run") -> list[str]:
+    """``train --out OUT --set name=NAME --set ...``: the synthetic run above with ``extra`` overrides."""
+    args = ["train", "--out", str(out), "--set", f'name="{name}"']
+    for item in [*SYNTHETIC, *extra]:
+        args += ["--set", item]
+    return args
 
 
 def tiny_config(tmp_path: Path, objective: str = "autoencoder", channels: int = 1, size: int = 28,

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_until
 from latentbench import distributed, hostmem
 from latentbench.distributed import CPUSyncBatchNorm
 from latentbench.losses import nt_xent
@@ -324,7 +324,6 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_saves_last(tmp_
     """SIGTERM to torchrun's agent (as a scheduler sends it), which forwards it to the ranks: they agree on one
     step boundary, rank 0 saves 'last' there and records the run as interrupted, and it resumes."""
     import signal
-    import time
 
     from latentbench import cli
     from latentbench.io import safe_torch_load
@@ -336,11 +335,7 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_saves_last(tmp_
     agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     run = tmp_path / "term"
-    deadline = time.monotonic() + TIMEOUT_S
-    while not (run / "history.csv").is_file():
-        assert agent.poll() is None, agent.stderr.read()[-4000:]
-        assert time.monotonic() < deadline, "no epoch finished under torchrun"
-        time.sleep(0.1)
+    wait_until(agent, (run / "history.csv").is_file, TIMEOUT_S)
     agent.send_signal(signal.SIGTERM)
     err = agent.communicate(timeout=TIMEOUT_S)[1]
     assert "all ranks stop at the next agreed step" in err, err[-4000:]

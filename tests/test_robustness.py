@@ -19,23 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SYNTHETIC, cli_args, wait_until
 
 import latentbench.io
 from latentbench import cli
 from latentbench.config import ConfigError
 from latentbench.io import RunFileError, atomic_write_text, run_directory_lock, safe_torch_load
 from latentbench.train import TrainingDiverged, train
-
-SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",
-             "train.batch_size=32", "train.threads=1", "train.patience=0", "model.mlp_hidden=[32, 32]",
-             "model.latent_dim=8"]
-
-
-def cli_args(out: Path, *extra: str, name: str = "run") -> list[str]:
-    args = ["train", "--out", str(out), "--set", f'name="{name}"']
-    for item in [*SYNTHETIC, *extra]:
-        args += ["--set", item]
-    return args
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str]:
@@ -53,14 +43,7 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
 
 # ---------------------------------------------------------------------------------- kill during save
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("training never reached the moment to kill it")
-        time.sleep(0.001)
+    wait_until(proc, ready, timeout, poll=0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -374,11 +357,7 @@ def test_sigterm_saves_last_at_a_step_boundary_and_exits_143(tmp_path, capsys):
     args = cli_args(out, "train.epochs=100000", "data.synthetic_train=4000", name="term")
     proc = subprocess.Popen([sys.executable, "-m", "latentbench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 90
-    while not (run / "history.csv").is_file():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "no epoch finished"
-        time.sleep(0.05)
+    wait_until(proc, (run / "history.csv").is_file)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

@@ -13,37 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_args, wait_until
 
 from latentbench import cli
 from latentbench.io import atomic_write_json, lock_holder, run_directory_lock
 from latentbench.status import collect, find_runs, format_table, run_status
 
-SYNTHETIC = ['data.name="synthetic"', "data.synthetic_train=200", "data.synthetic_test=50", "data.image_size=16",
-             "train.batch_size=32", "train.threads=1", "train.patience=0", "model.mlp_hidden=[32, 32]",
-             "model.latent_dim=8"]
-
-
-def train_args(out: Path, *extra: str, name: str = "run") -> list[str]:
-    args = ["train", "--out", str(out), "--set", f'name="{name}"']
-    for item in [*SYNTHETIC, *extra]:
-        args += ["--set", item]
-    return args
-
-
 def history_rows(run: Path) -> int:
     path = run / "history.csv"
     return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
-
-
-def wait_for(proc: subprocess.Popen, ready, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("training never got there")
-        time.sleep(0.05)
 
 
 def test_a_training_process_then_killed_then_resumed_to_the_end(tmp_path, capsys):
@@ -51,11 +29,11 @@ def test_a_training_process_then_killed_then_resumed_to_the_end(tmp_path, capsys
     SIGKILL, which leaves run_info.json saying 'running', as killed with the command that continues it; once
     resumed to the end, as trained."""
     out, run = tmp_path / "runs", tmp_path / "runs" / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "latentbench", *train_args(out, "train.epochs=100000")],
+    proc = subprocess.Popen([sys.executable, "-m", "latentbench", *cli_args(out, "train.epochs=100000")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        wait_for(proc, lambda: history_rows(run) >= 2)
+        wait_until(proc, lambda: history_rows(run) >= 2)
         row = run_status(run)
         assert row.state == "training"
         assert f"process {proc.pid} on " in row.next and "left at the recent pace" in row.next
