@@ -371,6 +371,38 @@ def test_sigterm_saves_last_at_a_step_boundary_and_exits_143(tmp_path, capsys):
     assert safe_torch_load(run / "checkpoints" / "last.pt")["epoch"] == epoch
 
 
+@pytest.fixture
+def default_sigterm():
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this test process has its own SIGTERM handler")
+    yield
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI put the default back
+
+
+def test_sigterm_outside_training_stops_like_ctrl_c_with_status_143(tmp_path, capsys, monkeypatch, default_sigterm):
+    """SIGTERM during `eval` (any command outside the training loop) stops it as Ctrl-C would, not on the spot."""
+    import latentbench.evaluate
+
+    out = tmp_path / "runs"
+    assert cli.main(cli_args(out, "train.epochs=1")) == 0
+    monkeypatch.setattr(latentbench.evaluate, "evaluate", lambda *a, **k: signal.raise_signal(signal.SIGTERM))
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "run")]) == 128 + signal.SIGTERM
+    assert "latentbench: stopped by SIGTERM; finished work is kept on disk." in capsys.readouterr().err
+
+
+def test_sigterm_during_a_studys_evaluation_records_the_study_as_interrupted(tmp_path, capsys, monkeypatch,
+                                                                            default_sigterm):
+    from latentbench import study
+
+    monkeypatch.setattr(study, "_default_evaluate", lambda *a, **k: signal.raise_signal(signal.SIGTERM))
+    out = tmp_path / "study"
+    code = cli.main(["reproduce", "--preset", "smoke", "--datasets", "mnist", "--out", str(out)])
+    assert code == 128 + signal.SIGTERM
+    assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
+    assert "study interrupted during mnist_autoencoder_s0" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -11,7 +11,8 @@
 
 Errors a user can fix (bad config, missing data, broken run files, a full disk) end with a one-paragraph
 message and exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be
-saved. LATENTBENCH_DEBUG=1 re-raises those errors with their traceback (for developers).
+saved (SIGTERM likewise, with status 143). LATENTBENCH_DEBUG=1 re-raises those errors with their
+traceback (for developers).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import textwrap
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,6 +245,25 @@ def _plain_data_warnings():
         warnings.showwarning = default
 
 
+@contextmanager
+def _sigterm_stops_cleanly():
+    """SIGTERM (``kill``, a scheduler's time limit) raises :class:`~latentbench.train.Terminated`, a
+    KeyboardInterrupt, so that it stops a command the way Ctrl-C does (an interrupted study records it;
+    files are written atomically) instead of ending the process on the spot. Only where SIGTERM has its
+    default handler and in the main thread; the previous handler comes back afterwards."""
+    from latentbench.train import sigterm_as_interrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentbench.train import TrainingInterrupted
@@ -252,14 +274,15 @@ def main(argv: list[str] | None = None) -> int:
              f"Train with torchrun, then run 'latentbench {args.command}' without it.")
         return 2
     try:
-        with _plain_data_warnings():
+        with _plain_data_warnings(), _sigterm_stops_cleanly():
             return args.fn(args)
     except TrainingInterrupted as err:
         print(f"latentbench: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("latentbench: interrupted; finished work is kept on disk.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        how = "stopped by SIGTERM" if getattr(err, "exit_code", 130) != 130 else "interrupted"
+        print(f"latentbench: {how}; finished work is kept on disk.", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except _user_errors() as err:
         if debug:
             raise

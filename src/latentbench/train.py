@@ -64,6 +64,19 @@ class TrainingInterrupted(RuntimeError):
         self.exit_code = exit_code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (loading data, evaluating, writing a report): stops like Ctrl-C, and what was
+    finished is kept; the CLI exits with status 143. Raised by :func:`sigterm_as_interrupt`."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def sigterm_as_interrupt(signum, frame) -> None:
+    """The CLI's SIGTERM handler (the default one would end the process without a word or a saved state);
+    during training the trainer puts its step-boundary stop in its place (:meth:`Trainer._stop_at_step_boundary`)."""
+    raise Terminated
+
+
 # ----------------------------------------------------------------------------------------- environment
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU (MPS only when asked for)."""
@@ -712,7 +725,7 @@ class Trainer:
         at most one step, not the epoch since its last checkpoint.
 
         Installed in the main thread, for SIGINT where it has a Python handler (not ignored) and for SIGTERM
-        where it has the default one (a handler someone else installed stays). In one process a second signal
+        where it has the default one or the CLI's (a handler someone else installed stays). In one process a second signal
         stops at once (a KeyboardInterrupt inside a step keeps the previous ``last``, see
         :meth:`_save_interrupted`). Under torchrun the ranks agree on the step to stop at
         (:meth:`_stop_agreed`), and a second signal changes nothing: torchrun's agent forwards SIGTERM after
@@ -737,7 +750,8 @@ class Trainer:
             print(f"\nlatentbench: {name}: finishing this step and saving 'last' ({again})", file=sys.stderr,
                   flush=True)
 
-        wanted = [signal.SIGTERM] if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else []
+        ours = signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, sigterm_as_interrupt)
+        wanted = [signal.SIGTERM] if ours else []
         if callable(signal.getsignal(signal.SIGINT)):
             wanted.append(signal.SIGINT)
         previous = {signum: signal.signal(signum, on_signal) for signum in wanted}
