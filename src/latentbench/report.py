@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from latentbench.io import RunFileError, atomic_write_text, lock_holder, read_json
+from latentbench.status import find_runs
 
 MODEL_ORDER = ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive")
 MODEL_LABELS = {
@@ -135,14 +136,6 @@ def infer_model(config: dict[str, Any]) -> str:
     return "denoising" if objective.get("noise_std", 0) > 0 else "autoencoder"
 
 
-def find_run_dirs(folder: Path) -> list[Path]:
-    """Run directories (holding config.json) at most two levels below ``folder`` (or ``folder`` itself)."""
-    if (folder / "config.json").is_file():
-        return [folder]
-    found = [p.parent for p in folder.glob("*/config.json")] + [p.parent for p in folder.glob("*/*/config.json")]
-    return sorted(set(found))
-
-
 def _read_optional(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
@@ -175,7 +168,7 @@ def load_study(folder: Path) -> Study:
         raise RunFileError(f"'{folder}' is not a folder; give a study folder or a folder of run directories")
     meta = _read_optional(folder / "study.json")
     entries = {Path(e["dir"]).name: e for e in meta.get("runs", [])}
-    dirs = find_run_dirs(folder)
+    dirs = find_runs(folder, depth=2)  # a study's runs/<run>, or a plain folder of runs
     if not dirs:
         raise RunFileError(f"no run directories (folders holding config.json) under '{folder}'; train or "
                            "reproduce into it first")

@@ -80,18 +80,12 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
 
 def _history(path: Path) -> list[dict[str, float]]:
     """history.csv's rows; [] when it is missing or unreadable (a status listing never fails on one run)."""
+    from latentbench.train import read_history
+
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError):
+        return read_history(path)
+    except (OSError, csv.Error, UnicodeDecodeError, ValueError, TypeError):
         return []
-    out = []
-    for row in rows:
-        try:
-            out.append({k: float(v) for k, v in row.items() if k and v not in ("", None)})
-        except ValueError:
-            return out
-    return out
 
 
 def _selected(info: dict[str, Any]) -> tuple[str, float | None]:
