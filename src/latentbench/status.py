@@ -27,6 +27,7 @@ from typing import Any
 
 from latentbench.io import LOCKS_WORK, RunFileError, lock_holder, read_json
 from latentbench.study import format_duration, run_state
+from latentbench.train import format_time_left, read_history, seconds_left
 
 COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
 SEARCH_DEPTH = 4  # run directories as deep as runs/<study>/runs/<run>
@@ -80,8 +81,6 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
 
 def _history(path: Path) -> list[dict[str, float]]:
     """history.csv's rows; [] when it is missing or unreadable (a status listing never fails on one run)."""
-    from latentbench.train import read_history
-
     try:
         return read_history(path)
     except (OSError, csv.Error, UnicodeDecodeError, ValueError, TypeError):
@@ -104,8 +103,6 @@ def _int(value: Any) -> int:
 
 def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | None, left: float | None) -> str:
     """What the run is doing or what to run next, as one line."""
-    from latentbench.train import format_time_left
-
     resume = f"continue with: latentbench train --resume {run_dir}"
     if state == "training":
         return f"{holder}" + (f"; {format_time_left(left)} at the recent pace" if left else "")
@@ -133,8 +130,6 @@ def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | Non
 
 def run_status(run_dir: Path) -> RunStatus:
     """The row of one run directory, from its files and its lock; never raises on damaged files."""
-    from latentbench.train import seconds_left
-
     run_dir = Path(run_dir)
     info = _json_or_empty(run_dir / "run_info.json")
     config = _json_or_empty(run_dir / "config.json")
