@@ -266,7 +266,7 @@ def _sigterm_stops_cleanly():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentbench.train import TrainingInterrupted
+    from latentbench.train import Terminated, TrainingInterrupted
 
     debug = os.environ.get("LATENTBENCH_DEBUG", "") not in ("", "0")
     if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -280,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latentbench: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as err:
-        how = "stopped by SIGTERM" if getattr(err, "exit_code", 130) != 130 else "interrupted"
-        print(f"latentbench: {how}; finished work is kept on disk.", file=sys.stderr)
-        return getattr(err, "exit_code", 130)
+        terminated = isinstance(err, Terminated)
+        print(f"latentbench: {'stopped by SIGTERM' if terminated else 'interrupted'}; finished work is kept on "
+              "disk.", file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
     except _user_errors() as err:
         if debug:
             raise

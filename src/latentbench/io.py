@@ -201,10 +201,10 @@ def lock_holder(folder: Path) -> str | None:
     """Who trains into ``folder`` now (what the holder wrote in its lock file, e.g. 'process 4242 on host1
     (since ...)'), or None when no process holds the lock. A non-blocking shared ``flock`` released at once,
     so it never waits and never creates the file; where ``fcntl`` is missing (Windows), None."""
-    try:
-        import fcntl
-    except ImportError:
+    if not LOCKS_WORK:
         return None
+    import fcntl
+
     try:
         handle = open(Path(folder) / LOCK_NAME)
     except FileNotFoundError:
