@@ -174,18 +174,15 @@ def check_writable(folder: Path) -> None:
 
 LOCK_NAME = ".lock"
 try:
-    import fcntl  # noqa: F401  (POSIX)
-
-    LOCKS_WORK = True
+    import fcntl  # POSIX
 except ImportError:  # Windows: no run-directory lock, so no telling a live run from a killed one
-    LOCKS_WORK = False
+    fcntl = None
+LOCKS_WORK = fcntl is not None
 LOCK_WAIT_SECONDS = 1.0  # a `latentbench status` probe holds the lock for microseconds; a trainer, for hours
 
 
 def _flock_within(handle, operation: int, seconds: float) -> bool:
     """Take ``flock(operation)`` on ``handle``, trying for up to ``seconds``; False if it stays held."""
-    import fcntl
-
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -203,8 +200,6 @@ def lock_holder(folder: Path) -> str | None:
     so it never waits and never creates the file; where ``fcntl`` is missing (Windows), None."""
     if not LOCKS_WORK:
         return None
-    import fcntl
-
     try:
         handle = open(Path(folder) / LOCK_NAME)
     except FileNotFoundError:
@@ -224,9 +219,7 @@ def run_directory_lock(folder: Path) -> Iterator[None]:
     directory (two writers would interleave its checkpoints and history). An advisory ``fcntl.flock``: the OS
     drops it when the process ends, however it ends, so a killed run leaves no stale lock. The file names its
     holder for the error message and is removed on release; where ``fcntl`` is missing (Windows), no lock."""
-    try:
-        import fcntl
-    except ImportError:
+    if not LOCKS_WORK:
         yield
         return
     path = Path(folder) / LOCK_NAME
