@@ -31,7 +31,8 @@ from naive_reference import NaiveRun  # noqa: E402
 
 from latentbench.config import RunConfig, load_config  # noqa: E402
 from latentbench.data import load_splits  # noqa: E402
-from latentbench.train import RunPaths, Trainer  # noqa: E402
+from latentbench.rundir import RunPaths  # noqa: E402
+from latentbench.train import Trainer  # noqa: E402
 
 
 @torch.inference_mode()

@@ -44,7 +44,9 @@ from naive_reference import NaiveRun  # noqa: E402
 from latentbench import hostmem, onednn, plots  # noqa: E402
 from latentbench.config import EvalConfig, RunConfig, load_config  # noqa: E402
 from latentbench.data import Splits, load_splits  # noqa: E402
-from latentbench.train import RunPaths, Trainer, cpu_name, usable_cores  # noqa: E402
+from latentbench.rundir import RunPaths  # noqa: E402
+from latentbench.runtime import cpu_name, usable_cores  # noqa: E402
+from latentbench.train import Trainer  # noqa: E402
 
 CASES = ["mnist_autoencoder", "mnist_supervised", "mnist_contrastive",
          "cifar10_autoencoder", "cifar10_supervised", "cifar10_contrastive"]

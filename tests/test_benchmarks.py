@@ -46,7 +46,7 @@ def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_the
     (config keys, run names, evaluation stages) works, and the run files come back in one archive."""
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out),
-                           "--only", "supervised_wide,supervised_eval"], capture_output=True, text=True, timeout=300)
+                           "--only", "supervised_wide,supervised_eval"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [summary[s]["returncode"] for s in ("supervised_wide", "supervised_eval")] == [0, 0]

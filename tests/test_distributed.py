@@ -39,7 +39,8 @@ from conftest import tiny_config, wait_until
 from latentbench import distributed, hostmem
 from latentbench.distributed import CPUSyncBatchNorm
 from latentbench.losses import nt_xent
-from latentbench.train import read_history, train
+from latentbench.rundir import read_history
+from latentbench.train import train
 
 WORLD = 2
 TIMEOUT_S = 120
@@ -280,7 +281,8 @@ def test_batch_loader_gives_each_rank_a_contiguous_share_of_every_global_batch()
 
 
 def test_compile_option_wraps_the_step_module(tiny, tmp_path):
-    from latentbench.train import RunPaths, Trainer
+    from latentbench.rundir import RunPaths
+    from latentbench.train import Trainer
 
     trainer = Trainer(tiny("supervised", extra=["train.compile=true"]), RunPaths(tmp_path / "run"))
     assert type(trainer.step_module).__name__ == "OptimizedModule"
@@ -288,7 +290,8 @@ def test_compile_option_wraps_the_step_module(tiny, tmp_path):
 
 
 def test_compile_without_a_cxx_compiler_trains_eagerly_and_says_so(tiny, tmp_path, monkeypatch, capsys):
-    from latentbench.train import RunPaths, Trainer
+    from latentbench.rundir import RunPaths
+    from latentbench.train import Trainer
 
     monkeypatch.setenv("CXX", "no-such-compiler-for-latentbench")
     trainer = Trainer(tiny("supervised", extra=["train.compile=true"]), RunPaths(tmp_path / "run"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 import torch
@@ -174,42 +173,6 @@ def test_choose_samples_picks_first_image_of_each_class_and_nested_subsets():
     ev.interp_indices = [7, 999]
     with pytest.raises(ConfigError, match="interp_indices"):
         choose_samples(ev, y, 10, 1)
-
-
-def test_auto_threads_leave_busy_cores_alone(monkeypatch):
-    from latentbench import evaluate as ev
-
-    monkeypatch.setattr(ev, "usable_cores", lambda: 4)
-    for busy, threads in ((0.2, 4), (1.4, 3), (2.6, 1), (9.0, 1)):
-        monkeypatch.setattr(ev, "cpus_busy_elsewhere", lambda busy=busy: busy)
-        assert ev.eval_threads(0) == threads
-    assert ev.eval_threads(3) == 3  # an explicit train.threads wins
-    monkeypatch.setattr(ev, "cpus_busy_elsewhere", lambda: None)  # no /proc/stat: the load average
-    monkeypatch.setattr(ev.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
-    assert ev.eval_threads(0) == 1
-    monkeypatch.setattr(ev.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    assert ev.eval_threads(0) == 4
-
-
-def test_cpus_busy_elsewhere_leaves_out_this_process_own_cpu_time(monkeypatch):
-    from latentbench import evaluate as ev
-
-    stat = iter([(1000.0, 500.0), (1050.0, 510.0)])  # 2 CPUs, 80% busy over the window: 1.6 CPUs
-    own = iter([(3.0, 1.0, 0, 0, 0), (3.08, 1.02, 0, 0, 0)])  # of which this process used 0.1 s in 0.25 s
-    monkeypatch.setattr(ev.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(ev, "_cpu_times", lambda cpus: next(stat))
-    monkeypatch.setattr(ev.os, "times", lambda: next(own))
-    monkeypatch.setattr(ev.time, "sleep", lambda seconds: None)
-    assert ev.cpus_busy_elsewhere(0.25) == pytest.approx(1.6 - 0.4)
-
-
-def test_cpus_busy_elsewhere_reads_this_machine():
-    from latentbench import evaluate as ev
-
-    if not os.path.exists("/proc/stat"):
-        pytest.skip("no /proc/stat on this system")
-    busy = ev.cpus_busy_elsewhere(0.05)
-    assert busy is not None and 0.0 <= busy <= len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("channels, kind", [(1, "digits"), (3, "crop_flip")])

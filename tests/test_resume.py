@@ -22,7 +22,8 @@ from latentbench import cli
 from latentbench.config import ConfigError
 from latentbench.data import BatchLoader
 from latentbench.io import atomic_torch_save, safe_torch_load
-from latentbench.train import RunPaths, Trainer, TrainingInterrupted, make_optimizer, train
+from latentbench.rundir import RunPaths
+from latentbench.train import Trainer, TrainingInterrupted, make_optimizer, train
 
 STEPS_PER_EPOCH = 5  # 180 training images (200 minus 10% validation) in batches of 32, last one dropped
 
@@ -148,6 +149,41 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(tiny, tmp_path, monkeypatch, caps
     assert safe_torch_load(run / "checkpoints/last.pt")["partial"] == saved["partial"]  # not reset to {}
     monkeypatch.undo()
     train(small(tiny, objective, encoder, 3), run, resume=True)
+    assert_identical_runs(whole, run)
+
+
+class Killed(BaseException):
+    """Ends a run the way SIGKILL does: no handler runs, nothing more is saved, run_info.json says running."""
+
+
+def test_a_kill_after_a_timed_mid_epoch_save_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """``train.save_every_minutes``: ``last`` is also written between steps, with the epoch's running sums; a
+    process killed right after such a save resumes from it and ends bit-identical to an uninterrupted run.
+    With the default 10 minutes a run of seconds saves at its epoch ends only."""
+    saves: list[tuple[int, int]] = []
+    save_last = Trainer.save_last
+
+    def record(self):
+        save_last(self)
+        saves.append((self.epoch, self.batch_in_epoch))
+        if kill_at is not None and saves[-1] == kill_at:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "save_last", record)
+    kill_at = None
+    whole = train(small(tiny, "supervised", "conv", 2), tmp_path / "whole")
+    assert saves == [(1, 0), (2, 0)]  # the default: epoch ends only
+    saves.clear()
+    kill_at, run, often = (1, 3), tmp_path / "killed", ["train.save_every_minutes=1e-9"]  # after every step
+    with pytest.raises(Killed):
+        train(small(tiny, "supervised", "conv", 2, often), run)
+    assert saves == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1), (1, 2), (1, 3)]  # not after the last step
+    saved = safe_torch_load(run / "checkpoints/last.pt")
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 3, STEPS_PER_EPOCH + 3)
+    assert saved["partial"]["_n"] == 3.0 and saved["elapsed"] > 0  # the epoch so far: its sums and its time
+    assert json.loads((run / "run_info.json").read_text())["status"] == "running"  # as after a real kill
+    kill_at = None
+    train(small(tiny, "supervised", "conv", 2, often), run, resume=True)
     assert_identical_runs(whole, run)
 
 

@@ -3,7 +3,6 @@ batching, seeding, max_steps."""
 
 import csv
 import json
-import platform
 
 import pytest
 import torch
@@ -12,8 +11,10 @@ from latentbench.cli import main
 from latentbench.config import load_config
 from latentbench.data import BatchLoader, ImageData, load_splits, split_train_val
 from latentbench.io import safe_torch_load
-from latentbench.train import (EarlyStopping, RunPaths, Trainer, averaged_weights, cpu_name,
-                               load_objective_weights, make_ema, read_history, time_left, train)
+from latentbench.rundir import RunPaths, read_history
+from latentbench.runtime import cpu_name
+from latentbench.train import (EarlyStopping, Trainer, averaged_weights, load_objective_weights, make_ema,
+                               train)
 
 
 def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
@@ -39,15 +40,6 @@ def test_cli_trains_a_synthetic_run_end_to_end(tmp_path, capsys):
     assert "epoch 2" in out
     epoch_lines = [line for line in out.splitlines() if "] epoch " in line]
     assert " left)" in epoch_lines[0] and " left" not in epoch_lines[1]  # the time left, until nothing is
-
-
-def test_time_left_is_the_median_recent_epoch_times_the_epochs_left():
-    rows = [{"seconds": s} for s in (300.0, 900.0, 320.0, 5000.0)]  # the median of the last three: 900
-    assert time_left(rows, 10) == "; ~2.5 h left"
-    assert time_left(rows[:3], 4) == "; ~21 min left"  # 320 x 4 s: the median of 300, 900, 320
-    assert time_left(rows[1:3], 4) == "; ~60 min left"  # of two, the larger: 900 x 4 s
-    assert time_left([{"seconds": 20.0}], 3) == "; ~60 s left"
-    assert time_left(rows, 0) == "" and time_left([], 5) == ""
 
 
 def test_epochs_left_counts_the_step_budget(tiny, tmp_path):
@@ -183,18 +175,6 @@ def test_training_loop_tells_the_objective_each_epoch_including_after_resume(tin
     assert seen == [(0, 2), (1, 2)]
     train(tiny("autoencoder", extra=["train.epochs=3", "train.patience=0"]), run, resume=True)
     assert seen == [(0, 2), (1, 2), (2, 3)]  # the resumed run continues at epoch index 2 of 3
-
-
-def test_cpu_name_keeps_family_and_model_so_hosts_of_one_name_differ(tmp_path):
-    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(block.format(n=0) + "\n" + block.format(n=1))
-    assert cpu_name(cpuinfo) == "AMD EPYC (family 25, model 17)"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
-    assert cpu_name(cpuinfo) == "Some CPU"
-    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name (some ARM kernels)
-    assert cpu_name(cpuinfo) == (platform.processor() or platform.machine())
-    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
 
 
 def test_ema_matches_a_loop_reference_over_weights_and_batchnorm_statistics():

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +49,9 @@ from latentbench.data import ImageData, Splits, load_splits
 from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from latentbench.models import ClassifierHead, build_encoder_decoder
 from latentbench.objectives import Objective, build_objective
-from latentbench.train import (RunPaths, configure_threads, load_objective_weights, read_history, resolve_device,
-                               resume_config, usable_cores, usable_cpus)
+from latentbench.rundir import RunPaths, read_history
+from latentbench.runtime import configure_threads, eval_threads, resolve_device
+from latentbench.train import load_objective_weights, resume_config
 
 METRICS_FILE = "metrics.json"
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -116,62 +116,6 @@ def eval_config(run_dir: Path, overrides: list[str], eval_settings: EvalConfig |
         cfg = dataclasses.replace(cfg, eval=eval_settings)
     return from_dict(apply_overrides(cfg.to_dict(), overrides)) if overrides else cfg
 
-
-def _cpu_times(cpus: set[int]) -> tuple[float, float]:
-    """(total, idle) jiffies summed over ``cpus`` from /proc/stat (idle includes iowait)."""
-    total = idle = 0.0
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *fields = line.split()
-            if not name.startswith("cpu"):
-                break  # the per-CPU lines come first
-            if name[3:].isdigit() and int(name[3:]) in cpus:
-                values = [float(v) for v in fields[:8]]  # user..steal; guest time is already in user
-                total += sum(values)
-                idle += values[3] + values[4]
-    return total, idle
-
-
-def cpus_busy_elsewhere(window: float = 0.25) -> float | None:
-    """How many of this process's usable CPUs other processes keep busy, measured from /proc/stat over
-    ``window`` seconds minus this process's own CPU time meanwhile; None where /proc/stat is unreadable.
-
-    Unlike the load average, it does not count this process's own recent work: in a study, the training
-    that just finished kept the 1-minute load average near 2 and every evaluation ran on one thread.
-    """
-    cpus = usable_cpus()
-    try:
-        total0, idle0 = _cpu_times(cpus)
-        own0 = sum(os.times()[:2])
-        time.sleep(window)
-        total1, idle1 = _cpu_times(cpus)
-        own1 = sum(os.times()[:2])
-    except (OSError, ValueError):
-        return None
-    if total1 <= total0:
-        return None
-    busy = len(cpus) * (1.0 - (idle1 - idle0) / (total1 - total0))
-    return max(0.0, busy - (own1 - own0) / window)
-
-
-def eval_threads(requested: int) -> int:
-    """``train.threads`` when set; for 0 (auto) the cores that other processes leave free (at least one).
-
-    OpenMP threads spin while another process holds their core, so on a busy machine fewer threads are
-    faster. Measured on the 2-core dev machine at load average ~3: the MNIST eval took 175 s on two threads
-    and 78 s on one, with a third of the CPU time. Other processes' use is measured over a quarter second
-    (:func:`cpus_busy_elsewhere`), else read from the load average.
-    """
-    if requested:
-        return requested
-    cores = usable_cores()
-    busy = cpus_busy_elsewhere()
-    if busy is None:
-        try:
-            busy = os.getloadavg()[0]  # runnable processes, averaged over the last minute
-        except OSError:
-            return cores
-    return max(1, min(cores, round(cores - busy)))
 
 
 def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits | None = None,

@@ -165,7 +165,7 @@ def _wide_positive_range(values: list[float], ratio: float = 10.0) -> bool:
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
-    """One panel per statistic logged for both train and validation in ``history`` (train.read_history rows)."""
+    """One panel per statistic logged for both train and validation in ``history`` (rundir.read_history rows)."""
     keys = [k[len("train_"):] for k in history[0] if k.startswith("train_")] if history else []
     stats = [k for k in keys if any(f"val_{k}" in row for row in history)] or keys or ["loss"]
     cols = min(3, len(stats))

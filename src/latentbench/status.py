@@ -27,7 +27,7 @@ from typing import Any
 
 from latentbench.io import LOCKS_WORK, RunFileError, lock_holder, read_json
 from latentbench.study import format_duration, run_state
-from latentbench.train import format_time_left, read_history, seconds_left
+from latentbench.rundir import format_time_left, read_history, seconds_left
 
 COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
 SEARCH_DEPTH = 4  # run directories as deep as runs/<study>/runs/<run>

@@ -7,25 +7,19 @@ Per epoch: training steps (Adam/AdamW or Nesterov SGD, optional cosine or one-cy
 pass on the held-out split, early stopping on the objective's validation statistic, ``best`` and ``last``
 checkpoints and one row of ``history.csv``. A checkpoint holds everything needed to continue exactly:
 weights, optimizer, scheduler, epoch and batch position, early-stopping state, every RNG state and the
-config. Ctrl-C saves ``last`` (mid-epoch) and exits; a NaN/inf loss stops the run, names the epoch and
-step, and leaves the last good checkpoint in place. Under torchrun the objective is wrapped in
+config. Ctrl-C or SIGTERM saves ``last`` (mid-epoch) and exits; a NaN/inf loss stops the run, names the
+epoch and step, and leaves the last good checkpoint in place. Under torchrun the objective is wrapped in
 DistributedDataParallel and only rank 0 writes files.
 
-Run directory: config.json, run_info.json, history.csv, checkpoints/{last,best}.pt.
+Run directory: config.json, run_info.json, history.csv, checkpoints/{last,best}.pt (file names in
+:mod:`latentbench.rundir`; device, threads, seeds and host facts in :mod:`latentbench.runtime`).
 """
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
 import math
-import os
 import platform
-import random
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -43,9 +36,12 @@ import latentbench
 from latentbench import distributed, hostmem, onednn
 from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
-from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, atomic_write_text, check_free_space,
+from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, check_free_space,
                             check_writable, read_json, remove_stale_temp, run_directory_lock, safe_torch_load)
 from latentbench.objectives import Objective, build_objective
+from latentbench.rundir import RunPaths, run_dir_for, time_left, write_history
+from latentbench.runtime import (amp_dtype, configure_cuda, configure_threads, cpu_name, git_revision, missing_compiler,
+                                 resolve_device, rng_state, seed_everything, set_rng_state, torchvision_version)
 
 
 STOP_CHECK_STEPS = 10  # under torchrun: steps between the ranks' checks for a stop signal
@@ -75,148 +71,6 @@ def sigterm_as_interrupt(signum, frame) -> None:
     """The CLI's SIGTERM handler (the default one would end the process without a word or a saved state);
     during training the trainer puts its step-boundary stop in its place (:meth:`Trainer._stop_at_step_boundary`)."""
     raise Terminated
-
-
-# ----------------------------------------------------------------------------------------- environment
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU (MPS only when asked for)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device = '{name}' but no CUDA device is available; use 'auto' or 'cpu'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("train.device = 'mps' but MPS is not available on this machine; use 'auto' or 'cpu'")
-    return device
-
-
-def usable_cpus() -> set[int]:
-    """The CPU numbers this process may run on (all of them where the OS has no affinity call)."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:
-        return set(range(os.cpu_count() or 1))
-
-
-def usable_cores() -> int:
-    return len(usable_cpus())
-
-
-def configure_threads(threads: int, world_size: int = 1) -> int:
-    n = threads or max(1, usable_cores() // world_size)
-    torch.set_num_threads(n)
-    return n
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch (CPU and every GPU), and set *or clear* torch's deterministic flags.
-
-    Clearing matters when several runs share one process (a study, the tests): a deterministic run must
-    not leave the flags on for the next one.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~3 s (imports inductor)
-        torch.use_deterministic_algorithms(deterministic, warn_only=False)
-    torch.backends.cudnn.deterministic = deterministic
-
-
-def rng_state() -> dict[str, Any]:
-    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    name, keys, pos, gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(obj: Any) -> Any:
-    return tuple(_as_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp``; None = float32.
-
-    Never on CPU, whatever the setting: CPU autocast speeds up little on most CPUs and changes the
-    numerics. On CUDA, ``auto`` is bfloat16 where the GPU computes it natively (compute capability 8.0+,
-    checked with ``including_emulation=False``; older GPUs would emulate it) and float32 elsewhere;
-    ``fp16`` is float16 with a gradient scaler. Call it after ``torch.cuda.set_device``.
-    """
-    if device.type != "cuda" or setting == "off":
-        return None
-    if setting == "fp16":
-        return torch.float16
-    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-    if setting == "bf16" and not native_bf16:
-        raise ConfigError(f"train.amp = 'bf16' but {torch.cuda.get_device_name(device)} has no native bfloat16 "
-                          "(needs compute capability 8.0 or newer); use train.amp = 'fp16' or 'off'")
-    return torch.bfloat16 if native_bf16 else None
-
-
-def configure_cuda(deterministic: bool) -> None:
-    """Fast CUDA defaults: cuDNN autotuning (fixed shapes) and TF32 matmuls, unless deterministic."""
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.set_float32_matmul_precision("highest" if deterministic else "high")
-
-
-def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name with its family and model numbers where Linux gives them, e.g. 'AMD EPYC (family 25,
-    model 17)', so that training times from hosts sold under one name can be told apart (two such hosts of
-    this project trained 2x apart); elsewhere what :mod:`platform` knows."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        text = ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():  # one block per logical CPU: the first value of each key is enough
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name")
-    if not name:
-        return platform.processor() or platform.machine()
-    numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
-               if fields.get(key)]
-    return f"{name} ({', '.join(numbers)})" if numbers else name
-
-
-def missing_compiler(device: torch.device) -> str:
-    """Why ``torch.compile`` cannot run here ('' when it can): on the CPU, inductor compiles C++ with ``$CXX``
-    (default ``g++``; ``clang++`` on macOS), and a machine without it fails at the first step."""
-    if device.type != "cpu" or sys.platform == "win32":  # Windows: inductor's own checks of MSVC apply
-        return ""
-    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
-    if shutil.which(compiler.split()[0] if compiler.strip() else compiler) is None:  # e.g. CXX="ccache g++"
-        return (f"the C++ compiler it needs on the CPU ('{compiler}', from $CXX or the default) is not installed "
-                "(install g++ or clang++, or set CXX)")
-    return ""
-
-
-@functools.lru_cache(maxsize=1)
-def git_revision() -> str:
-    try:
-        root = Path(latentbench.__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -281,40 +135,6 @@ class EarlyStopping:
                 "bad_epochs": self.bad_epochs}
 
 
-class RunPaths:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.config = self.root / "config.json"
-        self.info = self.root / "run_info.json"
-        self.history = self.root / "history.csv"
-        self.steps = self.root / "steps.csv"  # training loss every train.log_every steps
-        self.checkpoints = self.root / "checkpoints"
-        self.last = self.checkpoints / "last.pt"
-        self.best = self.checkpoints / "best.pt"
-
-
-def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.run_name()
-
-
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
-
-
 def make_ema(objective: nn.Module, decay: float) -> AveragedModel | None:
     """A copy of ``objective`` that follows its weights and BatchNorm statistics as an exponential moving
     average (``train.ema_decay``; each step moves it ``1 - decay`` of the way), or None when ``decay`` is 0."""
@@ -345,8 +165,8 @@ def load_objective_weights(objective: nn.Module, checkpoint: Path, state: dict[s
 # Keys a resumed run may change: where and how it runs, how long, and evaluation. Any other change (data,
 # model, objective, optimizer, seed) would make the continuation a different experiment.
 RESUME_MAY_CHANGE = {"name", "out_dir", "data.root", "data.download", "train.epochs", "train.max_steps",
-                     "train.patience", "train.device", "train.threads", "train.log_every", "train.compile",
-                     "train.amp", "train.sync_batchnorm", "train.deterministic"}
+                     "train.patience", "train.device", "train.threads", "train.log_every", "train.save_every_minutes",
+                     "train.compile", "train.amp", "train.sync_batchnorm", "train.deterministic"}
 SCHEDULE_LENGTH_KEYS = ("train.epochs", "train.max_steps")  # a cosine/one-cycle schedule is laid out over these
 
 
@@ -444,6 +264,8 @@ class Trainer:
         self._stop_signal = signal.SIGINT  # which of the two asked
         self._in_step = False  # a step is in flight: BatchNorm buffers, RNGs or weights may be half-way
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
+        self._saved_at = time.monotonic()  # when ``last`` was last written (train.save_every_minutes)
+        self._epoch_start: float | None = None  # perf_counter at the start of the epoch not yet in ``elapsed``
 
     # -- setup -------------------------------------------------------------------------------------
     def _wrap(self, objective: Objective) -> nn.Module:
@@ -499,13 +321,34 @@ class Trainer:
             "rng": rng_state(),
             "history": self.history,
             "step_log": self.step_log,
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed + self._unbooked_seconds(),
             "config": self.cfg.to_dict(),
         }
 
     def save_last(self) -> None:
         if self.dist.is_main:
             atomic_torch_save(self.paths.last, self.checkpoint())
+            self._saved_at = time.monotonic()
+
+    def _unbooked_seconds(self) -> float:
+        """Training seconds of the epoch in flight, which ``elapsed`` gets only when the epoch ends."""
+        return 0.0 if self._epoch_start is None else time.perf_counter() - self._epoch_start
+
+    def _save_due(self) -> bool:
+        """Whether ``train.save_every_minutes`` have passed since ``last`` was written (rank 0 decides alone:
+        only it writes, and every rank is at the same step boundary)."""
+        minutes = self.cfg.train.save_every_minutes
+        return bool(minutes) and self.dist.is_main and time.monotonic() - self._saved_at >= 60 * minutes
+
+    def _save_mid_epoch(self) -> None:
+        """Save ``last`` between two steps, with the epoch's running sums, as Ctrl-C does: a kill that gives
+        no warning (SIGKILL, the OOM killer, a lost machine) then costs minutes, not the whole epoch. Never
+        a diverged state: after a NaN the regular check stops the run on every rank at the same step."""
+        if 0 <= int(self._bad_step) < self.step:
+            return
+        self.partial = {k: float(v) for k, v in self._sums.items()}
+        self.save_last()
+        atomic_write_json(self.paths.info, _run_info(self, "running"))  # `latentbench status` sees it alive
 
     def save_best(self) -> None:
         if self.dist.is_main:
@@ -621,6 +464,8 @@ class Trainer:
                                       "lr": self.optimizer.param_groups[0]["lr"]})
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
+            if self._save_due() and self.batch_in_epoch < len(self.loader):  # the epoch's end saves anyway
+                self._save_mid_epoch()
             if self._stop_agreed():
                 raise KeyboardInterrupt  # at a step boundary (the same one on every rank): everything is consistent
         self._raise_if_diverged()
@@ -673,7 +518,7 @@ class Trainer:
         with self._stop_at_step_boundary():
             reason = self._stop_reason()
             while reason is None:
-                start = time.perf_counter()
+                start = self._epoch_start = time.perf_counter()
                 desc = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}"
                 with tqdm(total=len(self.loader), initial=self.batch_in_epoch, desc=desc, disable=quiet,
                           leave=False, dynamic_ncols=True) as progress:
@@ -681,10 +526,12 @@ class Trainer:
                         train_stats = self.train_epoch(progress)
                     except KeyboardInterrupt:
                         self.elapsed += time.perf_counter() - start
+                        self._epoch_start = None
                         raise self._save_interrupted() from None
                 val_stats = self.validate()
                 seconds = time.perf_counter() - start
                 self.elapsed += seconds
+                self._epoch_start = None
                 self._end_epoch(train_stats, val_stats, seconds)
                 reason = self._stop_reason()
                 if reason is None and self._stop_agreed(now=True):  # a stop during validation: 'last' is saved
@@ -819,28 +666,6 @@ class Trainer:
         return left
 
 
-def seconds_left(history: list[dict[str, Any]], epochs_left: int) -> float | None:
-    """``epochs_left`` times the median of the last three epochs' seconds (robust to one slow epoch on a
-    shared machine); None when nothing is left or no epoch has been timed."""
-    recent = sorted(float(row["seconds"]) for row in history[-3:] if "seconds" in row)
-    if not epochs_left or not recent:
-        return None
-    return recent[len(recent) // 2] * epochs_left
-
-
-def format_time_left(seconds: float) -> str:
-    """``'~7.0 h left'``, ``'~25 min left'``, ``'~90 s left'``."""
-    shown = f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200
-                                                      else f"{seconds / 3600:.1f} h")
-    return f"~{shown} left"
-
-
-def time_left(history: list[dict[str, Any]], epochs_left: int) -> str:
-    """``'; ~7.0 h left'`` for the epoch line (:func:`seconds_left`); ``''`` when nothing is left."""
-    seconds = seconds_left(history, epochs_left)
-    return "" if seconds is None else f"; {format_time_left(seconds)}"
-
-
 # ----------------------------------------------------------------------------------------- run info
 def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]:
     cpu = cpu_name()
@@ -851,7 +676,7 @@ def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]
         "git_revision": git_revision(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": _torchvision_version(),
+        "torchvision": torchvision_version(),
         "platform": platform.platform(),
         "device": str(trainer.device),
         "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else cpu,
@@ -879,15 +704,6 @@ def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]
                     "classes": list(trainer.spec.class_names), "train": len(trainer.splits.train),
                     "val": len(trainer.splits.val), "test": len(trainer.splits.test)},
     }
-
-
-def _torchvision_version() -> str:
-    try:
-        import torchvision
-
-        return torchvision.__version__
-    except ImportError:
-        return "not installed"
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, resume: bool = False, splits: Splits | None = None) -> Path:
