@@ -23,6 +23,7 @@ from latentbench.config import ConfigError
 from latentbench.data import BatchLoader
 from latentbench.io import atomic_torch_save, safe_torch_load
 from latentbench.rundir import RunPaths
+from latentbench.status import run_status
 from latentbench.train import Trainer, TrainingInterrupted, make_optimizer, train
 
 STEPS_PER_EPOCH = 5  # 180 training images (200 minus 10% validation) in batches of 32, last one dropped
@@ -161,15 +162,19 @@ def test_a_kill_after_a_timed_mid_epoch_save_resumes_exactly(tiny, tmp_path, mon
     process killed right after such a save resumes from it and ends bit-identical to an uninterrupted run.
     With the default 10 minutes a run of seconds saves at its epoch ends only."""
     saves: list[tuple[int, int]] = []
-    save_last = Trainer.save_last
+    save_last, save_mid_epoch = Trainer.save_last, Trainer._save_mid_epoch
 
     def record(self):
         save_last(self)
         saves.append((self.epoch, self.batch_in_epoch))
-        if kill_at is not None and saves[-1] == kill_at:
+
+    def save_then_die(self):
+        save_mid_epoch(self)  # last.pt, then run_info.json
+        if (self.epoch, self.batch_in_epoch) == kill_at:
             raise Killed
 
     monkeypatch.setattr(Trainer, "save_last", record)
+    monkeypatch.setattr(Trainer, "_save_mid_epoch", save_then_die)
     kill_at = None
     whole = train(small(tiny, "supervised", "conv", 2), tmp_path / "whole")
     assert saves == [(1, 0), (2, 0)]  # the default: epoch ends only
@@ -182,6 +187,8 @@ def test_a_kill_after_a_timed_mid_epoch_save_resumes_exactly(tiny, tmp_path, mon
     assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 3, STEPS_PER_EPOCH + 3)
     assert saved["partial"]["_n"] == 3.0 and saved["elapsed"] > 0  # the epoch so far: its sums and its time
     assert json.loads((run / "run_info.json").read_text())["status"] == "running"  # as after a real kill
+    row = run_status(run)
+    assert row.state == "killed" and f"saved in epoch 2, after batch 3 of {STEPS_PER_EPOCH};" in row.next
     kill_at = None
     train(small(tiny, "supervised", "conv", 2, often), run, resume=True)
     assert_identical_runs(whole, run)

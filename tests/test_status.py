@@ -50,7 +50,8 @@ def test_a_training_process_then_killed_then_resumed_to_the_end(tmp_path, capsys
     assert json.loads((run / "run_info.json").read_text())["status"] == "running"
     row = run_status(run)
     assert row.state == "killed" and row.epochs_done >= done
-    assert "ended without saving its state" in row.next and f"latentbench train --resume {run}" in row.next
+    assert "ended without a word" in row.next and f"latentbench train --resume {run}" in row.next
+    assert f"saved at the end of epoch {row.epochs_done};" in row.next  # epochs of ~0.1 s: no save mid-epoch
     epochs = row.epochs_done + 1
     assert cli.main(["train", "--resume", str(run), "--set", f"train.epochs={epochs}"]) == 0
     row = run_status(run)
@@ -79,8 +80,9 @@ def _fake_run(folder: Path, status: str | None, checkpoint: bool = False, histor
     ("interrupted", True, "interrupted", "stopped by Ctrl-C; continue with: latentbench train --resume"),
     ("interrupted-SIGTERM", True, "interrupted", "stopped by SIGTERM; continue with: latentbench train --resume"),
     ("diverged", True, "diverged", "why diverged"),
-    ("running", True, "killed", "(last heard from 1h00m ago); continue with: latentbench train --resume"),
-    ("running", False, "killed", "before its first epoch; train it again"),
+    ("running", True, "killed", "(last heard from 1h00m ago); saved at the end of epoch 3; continue with: "
+                                "latentbench train --resume"),
+    ("running", False, "killed", "before its first save; train it again"),
     (None, False, "new", "no epoch finished yet"),
 ])
 def test_each_state_names_what_to_do_next(tmp_path, status, checkpoint, state, says):
@@ -90,6 +92,17 @@ def test_each_state_names_what_to_do_next(tmp_path, status, checkpoint, state, s
     if checkpoint:
         assert (row.epochs_done, row.latest, row.best, row.best_epoch) == (3, 0.3, 0.5, 1)
         assert row.cells()[2:5] == ("3/10", "acc 0.3000", "0.5000 @ 1")
+
+
+def test_a_killed_run_names_where_its_last_save_stands(tmp_path):
+    run = _fake_run(tmp_path / "run", "running", checkpoint=True, history=54)
+    info = json.loads((run / "run_info.json").read_text())
+    atomic_write_json(run / "run_info.json", {**info, "batch_in_epoch": 120, "batches_per_epoch": 351})
+    assert "; saved in epoch 55, after batch 120 of 351; continue with:" in run_status(run).next
+    atomic_write_json(run / "run_info.json", {**info, "batch_in_epoch": 0, "batches_per_epoch": 351})
+    assert "; saved at the end of epoch 54; continue with:" in run_status(run).next
+    atomic_write_json(run / "run_info.json", {**info, "epochs_done": "?", "batch_in_epoch": None})  # damaged
+    assert "ended without a word (last heard from 1h00m ago); saved; continue with:" in run_status(run).next
 
 
 def test_a_held_lock_means_training_and_its_holder_is_named(tmp_path):

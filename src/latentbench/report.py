@@ -86,7 +86,7 @@ class Run:
     @property
     def status(self) -> str:
         """run_info.json's status; 'running' told apart as 'training' (a process holds the run's lock) or
-        'killed' (nothing does: the trainer ended without saving its state; --resume continues it)."""
+        'killed' (nothing does: the trainer ended without a word; --resume continues it from its last save)."""
         status = str(self.info.get("status", "unknown"))
         if status == "running":
             return "training" if lock_holder(self.path) else "killed (resume with latentbench train --resume)"

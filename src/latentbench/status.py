@@ -10,8 +10,9 @@ for a run training now, which process holds it and about how long it has left at
 The states are those :func:`latentbench.study.run_state` reads from the files (``new``, ``interrupted``,
 ``trained``, ``evaluated``, ``diverged``), refined by the run directory's lock (:mod:`latentbench.io`):
 ``training`` while a process holds it, and ``killed`` for a run whose ``run_info.json`` still says it is
-running while no process holds its lock: it ended without saving its state (SIGKILL, a lost machine, a job
-or session limit), and ``latentbench train --resume`` continues it from its last checkpoint.
+running while no process holds its lock: it ended without a word (SIGKILL, a lost machine, a job or session
+limit), and ``latentbench train --resume`` continues it from its last save (an epoch's end, or mid-epoch
+every ``train.save_every_minutes``), which the line names.
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0
 
 
+def last_save(info: dict[str, Any]) -> str:
+    """Where ``last`` stands, from ``run_info.json``: ``'saved at the end of epoch 54'`` or, after a save
+    mid-epoch, ``'saved in epoch 55, after batch 120 of 351'``."""
+    epochs, batch, batches = (_int(info.get(k)) for k in ("epochs_done", "batch_in_epoch", "batches_per_epoch"))
+    if batch and batches:
+        return f"saved in epoch {epochs + 1}, after batch {batch} of {batches}"
+    return f"saved at the end of epoch {epochs}" if epochs else "saved"
+
+
 def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | None, left: float | None) -> str:
     """What the run is doing or what to run next, as one line."""
     resume = f"continue with: latentbench train --resume {run_dir}"
@@ -113,8 +123,8 @@ def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | Non
         ago = format_duration(max(0.0, time.time() - updated)) if isinstance(updated, (int, float)) else ""
         when = f" (last heard from {ago} ago)" if ago else ""
         if not (run_dir / "checkpoints" / "last.pt").is_file():
-            return f"ended without saving its state{when} before its first epoch; train it again"
-        return f"ended without saving its state{when}; {resume}"
+            return f"ended without a word{when} before its first save; train it again"
+        return f"ended without a word{when}; {last_save(info)}; {resume}"
     if state == "interrupted":
         by = "SIGTERM" if "SIGTERM" in str(info.get("stop_reason", "")) else "Ctrl-C"
         return f"stopped by {by}; {resume}"

@@ -694,6 +694,8 @@ def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]
         "deterministic": trainer.cfg.train.deterministic,
         "compile": trainer.cfg.train.compile,
         "epochs_done": trainer.epoch,
+        "batch_in_epoch": trainer.batch_in_epoch,  # > 0: ``last`` was saved mid-epoch, this far into the next
+        "batches_per_epoch": len(trainer.loader),
         "steps": trainer.step,
         "best_epoch": trainer.early.best_epoch + 1,
         f"best_val_{trainer.monitor}": trainer.early.best,
