@@ -48,10 +48,13 @@ def usable_cpus() -> set[int]:
 
 
 def usable_cores() -> int:
+    """How many CPUs this process may use (its affinity mask, which a cluster job or ``taskset`` narrows)."""
     return len(usable_cpus())
 
 
 def configure_threads(threads: int, world_size: int = 1) -> int:
+    """Set torch's intra-op threads: ``threads``, or for 0 this machine's usable cores shared evenly by the
+    ``world_size`` processes that torchrun starts on it (at least one each); returns the number set."""
     n = threads or max(1, usable_cores() // world_size)
     torch.set_num_threads(n)
     return n
@@ -76,6 +79,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state (Python, NumPy, torch CPU and each GPU) as checkpointable tensors and lists."""
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -88,6 +92,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned (GPU states only where a GPU is present)."""
     random.setstate(_as_tuples(state["python"]))
     name, keys, pos, gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
@@ -162,6 +167,7 @@ def missing_compiler(device: torch.device) -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str:
+    """The checkout's short commit hash for ``run_info.json``; ``'unknown'`` outside a git checkout."""
     try:
         root = Path(latentbench.__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -172,6 +178,7 @@ def git_revision() -> str:
 
 
 def torchvision_version() -> str:
+    """torchvision's version for ``run_info.json``; ``'not installed'`` where it is missing."""
     try:
         import torchvision
 
