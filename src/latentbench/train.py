@@ -699,7 +699,7 @@ def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]
         "steps": trainer.step,
         "best_epoch": trainer.early.best_epoch + 1,
         f"best_val_{trainer.monitor}": trainer.early.best,
-        "train_seconds": round(trainer.elapsed, 2),
+        "train_seconds": round(trainer.elapsed + trainer._unbooked_seconds(), 2),  # with the epoch in flight
         "started": trainer.started,
         "updated": time.time(),
         "dataset": {"name": trainer.spec.name, "shape": list(trainer.spec.shape),
