@@ -325,20 +325,31 @@ def test_torchrun_cli_run_dir_is_a_single_process_run_dir(world, tmp_path):
 
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_saves_last(tmp_path):
     """SIGTERM to torchrun's agent (as a scheduler sends it), which forwards it to the ranks: they agree on one
-    step boundary, rank 0 saves 'last' there and records the run as interrupted, and it resumes."""
+    step boundary, rank 0 saves 'last' there and records the run as interrupted, and it resumes. Before it,
+    rank 0 alone saves 'last' mid-epoch every few steps (train.save_every_minutes), the other rank training
+    on without waiting for it."""
     import signal
 
     from latentbench import cli
     from latentbench.io import safe_torch_load
     from latentbench.train import STOP_CHECK_STEPS
 
-    sets = [*CLI_SETS, "train.epochs=100000", "data.synthetic_train=4000", "train.batch_size=32", 'name="term"']
+    sets = [*CLI_SETS, "train.epochs=100000", "data.synthetic_train=4000", "train.batch_size=32", 'name="term"',
+            "train.save_every_minutes=0.001"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m",
            "latentbench", "train", "--out", str(tmp_path), *[a for s in sets for a in ("--set", s)]]
     agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     run = tmp_path / "term"
     wait_until(agent, (run / "history.csv").is_file, TIMEOUT_S)
+
+    def saved_mid_epoch() -> bool:
+        try:
+            return json.loads((run / "run_info.json").read_text()).get("batch_in_epoch", 0) > 0
+        except (OSError, ValueError):
+            return False
+
+    wait_until(agent, saved_mid_epoch, TIMEOUT_S)
     agent.send_signal(signal.SIGTERM)
     err = agent.communicate(timeout=TIMEOUT_S)[1]
     assert "all ranks stop at the next agreed step" in err, err[-4000:]
