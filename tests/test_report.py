@@ -81,7 +81,7 @@ def test_tables_put_our_numbers_beside_the_reports(study_dir):
     assert "-1.54 pp ✗" in con_row
     for title in ("Table 1 - MNIST", "Table 2 - CIFAR-10", "Table 3 - CIFAR-10"):
         assert title in md and title in page
-    table2 = md.split("Table 2 - CIFAR-10")[1].split("###")[0]
+    table2 = md.split("### Table 2 - CIFAR-10")[1].split("###")[0]
     assert "| Autoencoder (no skip) | " in table2 and "not run" in table2  # missing cell is said, not hidden
     assert 'class="num good"' in page and 'class="num bad"' in page
 
@@ -90,7 +90,7 @@ def test_cifar_supervised_row_compares_the_plain_accuracy_and_shows_flip_tta_bes
     make_run(study_dir, "cifar10", "supervised", 0,
              {"e2e_train_acc": 0.95, "e2e_val_acc": 0.875, "e2e_test_acc": 0.8684, "e2e_test_acc_flip": 0.8871})
     md = build_report(study_dir)[1].read_text()
-    table2 = md.split("Table 2 - CIFAR-10")[1].split("###")[0]
+    table2 = md.split("### Table 2 - CIFAR-10")[1].split("###")[0]
     header = next(line for line in table2.splitlines() if line.startswith("| Model"))
     assert header.rstrip(" |").endswith("ours: End-to-end, flip TTA (test)")
     row = next(line for line in table2.splitlines() if line.startswith("| Supervised encoder"))
@@ -226,3 +226,25 @@ def test_a_running_run_is_training_while_its_lock_is_held_and_killed_after(tmp_p
     assert load_study(tmp_path).runs[0].status == "killed (resume with latentbench train --resume)"
     row = runs_table(load_study(tmp_path)).rows[0]
     assert any(cell.text.startswith("killed") for cell in row)
+
+
+def test_in_short_counts_the_comparisons_and_ranks_the_models_from_the_numbers(study_dir):
+    html_path, md_path = build_report(study_dir)
+    md = md_path.read_text()
+    lines = md[md.index("## In short"):md.index("## The report's tables")].splitlines()
+    # Table 1: MAE 0.0115 beats val/test but not train; the probe's 98.5% beats val/test; supervised all
+    # three (98.61% equals at the printed precision); contrastive's 97% none: 7 of 12, 3 of 4 on test
+    assert ("- Table 1 - MNIST: ours matches or beats 7 of the report's 12 numbers (3 of 4 on the test split); "
+            "short on test: Contrastive encoder (1.2.3) (-1.54 pp).") in lines
+    assert "- Table 2 - CIFAR-10: ours matches or beats 1 of the report's 1 number (1 of 1 on the test split)." in lines
+    # equal as printed is '=', not a ranking; the pixel baseline beside it
+    assert ("- MNIST, linear probe on the frozen codes (test): Autoencoder 97.50% = Supervised 97.50% > "
+            "Contrastive 96.00%; raw pixels 92.00%.") in lines
+    # the supervised run's MAE comes from a decoder probe: not ranked as reconstruction by its own decoder
+    assert ("- MNIST, reconstruction by the model's own decoder (test MAE): Contrastive 0.011300 < "
+            "Autoencoder 0.011500.") in lines
+    assert not any(line.startswith("- CIFAR-10, linear probe") for line in lines)  # one evaluated model: no order
+    assert "- Not evaluated yet, so in no number above: cifar10_denoising_s0 (latentbench eval RUN)." in lines
+    assert "- Cost: 75.0 s of training and 25.0 s of evaluation over 6 run(s)." in lines
+    page = html_path.read_text()
+    assert "<h2>In short</h2><ul><li>Table 1 - MNIST: ours matches or beats 7 of" in page

@@ -432,6 +432,80 @@ def figure_sets(study: Study) -> list[tuple[str, Run, list[tuple[str, Path]]]]:
     return sets
 
 
+# ----------------------------------------------------------------------------------------- in short
+# (metric key, what it says, format kind, higher is better); each line ranks the models of one dataset
+RANKINGS = (
+    ("probe_linear_test_acc", "linear probe on the frozen codes (test)", "acc", True),
+    ("knn_test_acc", "kNN on the frozen codes (test)", "acc", True),
+    ("silhouette", "class structure of the codes (silhouette, test)", "float3", True),
+    ("recon_test_mae", "reconstruction by the model's own decoder (test MAE)", "mae", False),
+)
+PIXEL_BASELINES = {"probe_linear_test_acc": "pixel_linear_test_acc", "knn_test_acc": "pixel_knn_test_acc"}
+
+
+def reference_summary(table: Table) -> str:
+    """How many of a reference table's numbers ours matches or beats, and which test numbers fall short."""
+    good = compared = test_good = test_compared = 0
+    short = []
+    for i, heading in enumerate(table.header):
+        if heading != "Δ":
+            continue
+        on_test = table.header[i - 2].startswith(SPLIT_LABELS["test"])
+        for row in table.rows:
+            cell = row[i]
+            if cell.good is None:
+                continue
+            good, compared = good + cell.good, compared + 1
+            if on_test:
+                test_good, test_compared = test_good + cell.good, test_compared + 1
+                if not cell.good:
+                    short.append(f"{row[0].text} ({cell.text})")
+    if not compared:
+        return ""
+    numbers = "number" if compared == 1 else "numbers"
+    text = f"{table.title.split(':')[0]}: ours matches or beats {good} of the report's {compared} {numbers}"
+    if test_compared:
+        text += f" ({test_good} of {test_compared} on the test split)"
+    return text + (f"; short on test: {'; '.join(short)}." if short else ".")
+
+
+def ranking(dataset: str, study: Study, key: str, what: str, kind: str, higher: bool) -> str:
+    """The models of ``dataset`` ordered by the mean of ``key``, best first (with the pixel baseline where
+    there is one); '' with fewer than two models to order. Reconstruction counts own decoders only."""
+    scored = []
+    for g in sorted((g for g in study.groups.values() if g.dataset == dataset), key=lambda g: _model_rank(g.model)):
+        if key == "recon_test_mae" and any(r.metrics.get("recon_is_probe") for r in g.runs):
+            continue
+        stat = g.stat(key)
+        if stat is not None:
+            scored.append((stat[0], MODEL_LABELS.get(g.model, g.model)))
+    if len(scored) < 2:
+        return ""
+    scored.sort(key=lambda item: -item[0] if higher else item[0])
+    shown = [(label, fmt_value(value, kind)) for value, label in scored]
+    order = f"{shown[0][0]} {shown[0][1]}"
+    for (_, before), (label, text) in zip(shown, shown[1:]):  # equal as printed: '=', not a ranking
+        order += f" {'=' if text == before else '>' if higher else '<'} {label} {text}"
+    pixels = Group(dataset, "pixels", [r for g in study.groups.values() if g.dataset == dataset for r in g.runs])
+    baseline = _distinct_stat(pixels.values(PIXEL_BASELINES[key])) if key in PIXEL_BASELINES else None
+    tail = f"; raw pixels {fmt_value(baseline[0], kind)}" if baseline else ""
+    return f"{DATASET_LABELS.get(dataset, dataset)}, {what}: {order}{tail}."
+
+
+def summary(study: Study, tables: list[Table]) -> list[str]:
+    """The report in a few sentences, each computed from the tables and the runs."""
+    lines = [reference_summary(t) for t in tables if t.section == "reference"]
+    for dataset in dict.fromkeys(r.dataset for r in study.runs):
+        lines += [ranking(dataset, study, *spec) for spec in RANKINGS]
+    pending = [r.name for r in study.runs if not r.metrics]
+    if pending:
+        lines.append(f"Not evaluated yet, so in no number above: {', '.join(pending)} (latentbench eval RUN).")
+    train_s = sum(float(r.info.get("train_seconds", 0) or 0) for r in study.runs)
+    lines.append(f"Cost: {_duration(train_s)} of training and {_duration(sum(r.eval_seconds for r in study.runs))} "
+                 f"of evaluation over {len(study.runs)} run(s).")
+    return [line for line in lines if line]
+
+
 # ------------------------------------------------------------------------------------------ assembling
 @dataclass
 class Document:
@@ -443,6 +517,7 @@ class Document:
     commands: list[tuple[str, str]]
     env_rows: list[tuple[str, str]]
     reference: dict[str, Any]
+    summary: list[str] = field(default_factory=list)
 
 
 def cifar_is_jpeg_copy(study: Study) -> bool:
@@ -476,7 +551,7 @@ def assemble(study: Study) -> Document:
                      "comparable with the report's.")
     commands = [(r.name, r.command) for r in study.runs]
     return Document("latentbench: latent spaces of autoencoding, supervised and contrastive encoders", intro, tables,
-                    figure_sets(study), protocols(study), commands, environment(study), ref)
+                    figure_sets(study), protocols(study), commands, environment(study), ref, summary(study, tables))
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -539,6 +614,8 @@ def render_html(doc: Document) -> str:
              f"content=\"width=device-width,initial-scale=1\"><title>{_esc(doc.title)}</title><style>{CSS}</style>"
              f"</head><body><h1>{_esc(doc.title)}</h1>"]
     parts += [f'<p class="meta">{_esc(line)}</p>' for line in doc.intro]
+    if doc.summary:
+        parts.append("<h2>In short</h2><ul>" + "".join(f"<li>{_esc(line)}</li>" for line in doc.summary) + "</ul>")
     ref_tables = [t for t in doc.tables if t.section == "reference"]
     other = [t for t in doc.tables if t.section != "reference"]
     parts.append("<h2>The report's tables, ours beside theirs</h2>")
@@ -596,6 +673,8 @@ def _md_table(t: Table) -> list[str]:
 
 def render_markdown(doc: Document, md_dir: Path) -> str:
     lines = [f"# {doc.title}", ""] + [f"{line}  " for line in doc.intro] + [""]
+    if doc.summary:
+        lines += ["## In short", ""] + [f"- {line}" for line in doc.summary] + [""]
     lines += ["## The report's tables, ours beside theirs", ""]
     for t in doc.tables:
         if t.section == "reference":
