@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,22 @@ def test_in_short_counts_the_comparisons_and_ranks_the_models_from_the_numbers(s
     assert "- Cost: 75.0 s of training and 25.0 s of evaluation over 6 run(s)." in lines
     page = html_path.read_text()
     assert "<h2>In short</h2><ul><li>Table 1 - MNIST: ours matches or beats 7 of" in page
+
+
+def test_a_group_of_runs_that_differ_in_more_than_the_seed_is_flagged(tmp_path):
+    make_run(tmp_path, "mnist", "autoencoder", 0, mnist_metrics(0.98))
+    make_run(tmp_path, "mnist", "autoencoder", 1, mnist_metrics(0.99))
+    make_run(tmp_path, "mnist", "supervised", 0, mnist_metrics(0.99))
+    assert "Caution" not in build_report(tmp_path)[1].read_text()  # seeds of one recipe: nothing to say
+    made = make_run(tmp_path.parent / f"{tmp_path.name}-elsewhere", "mnist", "autoencoder", 1, mnist_metrics(0.97))
+    pilot = tmp_path / "pilot" / made.name  # seed 1 again, in a folder of its own beside runs/
+    shutil.move(made, pilot)
+    config = json.loads((pilot / "config.json").read_text())
+    config["train"]["epochs"], config["train"]["threads"] = 5, 1  # a recipe change, and a setting that is none
+    (pilot / "config.json").write_text(json.dumps(config))
+    md = build_report(tmp_path)[1].read_text()
+    caution = [line for line in md.splitlines() if line.startswith("Caution")]
+    assert len(caution) == 1 and "the 3 runs counted as MNIST Autoencoder" in caution[0]
+    assert "pilot/mnist_autoencoder_s1" in caution[0] and "runs/mnist_autoencoder_s0" in caution[0]
+    assert "differ in more than the seed (train.epochs)" in caution[0]  # not train.threads
+    assert "repeat seeds (0, 1, 1)" in caution[0]

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from latentbench.config import flatten
 from latentbench.io import RunFileError, atomic_write_text, lock_holder, read_json
 from latentbench.status import find_runs
 
@@ -520,6 +521,45 @@ class Document:
     summary: list[str] = field(default_factory=list)
 
 
+# settings that change where or how fast a run trains, not what it learns: runs differing in them are seeds
+# of one recipe
+NOT_RECIPE = ("name", "out_dir", "data.root", "data.download", "train.seed", "train.device", "train.threads",
+              "train.log_every", "train.save_every_minutes", "train.compile", "train.amp", "train.deterministic")
+
+
+def _where(run: Run, study: Study) -> str:
+    """The run directory relative to the report's folder (two pilots may share a run name)."""
+    try:
+        return run.path.relative_to(study.folder).as_posix()
+    except ValueError:
+        return run.name
+
+
+def mixed_recipes(study: Study) -> list[str]:
+    """A warning for each group whose runs differ in more than the seed (a folder of pilots, say): its mean
+    and std would mix recipes, or count one seed twice."""
+    warnings = []
+    for g in study.groups.values():
+        if len(g.runs) < 2:
+            continue
+        configs = [flatten(r.config) for r in g.runs]
+        keys = sorted({k for c in configs for k in c if k not in NOT_RECIPE and not k.startswith("eval.")})
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        seeds = [r.seed for r in g.runs]
+        repeated = len(set(seeds)) < len(seeds)
+        if not differ and not repeated:
+            continue
+        what = f"the {len(g.runs)} runs counted as {DATASET_LABELS.get(g.dataset, g.dataset)} " \
+               f"{MODEL_LABELS.get(g.model, g.model)} ({', '.join(_where(r, study) for r in g.runs)})"
+        why = [f"differ in more than the seed ({', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''})"] \
+            if differ else []
+        if repeated:
+            why.append(f"repeat seeds ({', '.join(map(str, seeds))})")
+        warnings.append(f"Caution: {what} {' and '.join(why)}, so their mean and std mix recipes or count a seed "
+                        "twice; report each recipe's runs from a folder of their own.")
+    return warnings
+
+
 def cifar_is_jpeg_copy(study: Study) -> bool:
     """The cifar10 loader prefers ``<root>/cifar10-jpeg`` when present; say so when the runs' root holds it."""
     from latentbench.data import resolve_root
@@ -549,6 +589,7 @@ def assemble(study: Study) -> Document:
     if any(r.dataset == "synthetic" or r.config.get("data", {}).get("name") == "synthetic" for r in study.runs):
         intro.append("These runs use SYNTHETIC stand-in data: the numbers only check the pipeline and are not "
                      "comparable with the report's.")
+    intro += mixed_recipes(study)
     commands = [(r.name, r.command) for r in study.runs]
     return Document("latentbench: latent spaces of autoencoding, supervised and contrastive encoders", intro, tables,
                     figure_sets(study), protocols(study), commands, environment(study), ref, summary(study, tables))
