@@ -250,6 +250,13 @@ POSITIVE = {
     "eval.probe_batch_size", "eval.linear_c", "eval.linear_max_iter", "eval.tsne_iters", "eval.pca_dims",
     "eval.probe_lr",
 }
+# Keys that change where a run trains, how fast or how it reports, not what it learns: runs that differ only in
+# them (and the seed) are seeds of one recipe (the report), and a resume may change them (train.py)
+RUN_SETTINGS = frozenset({
+    "name", "out_dir", "data.root", "data.download", "train.device", "train.threads", "train.log_every",
+    "train.save_every_minutes", "train.compile", "train.amp", "train.deterministic",
+})
+
 NON_NEGATIVE = {
     "train.weight_decay", "objective.noise_std", "objective.latent_noise", "objective.recon_weight",
     "objective.invariance_weight",

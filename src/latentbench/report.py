@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from latentbench.config import flatten
+from latentbench.config import RUN_SETTINGS, flatten
 from latentbench.io import RunFileError, atomic_write_text, lock_holder, read_json
 from latentbench.status import find_runs
 
@@ -362,6 +362,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def total_seconds(study: Study) -> tuple[float, float]:
+    """(training, evaluation) seconds summed over the runs."""
+    return (sum(float(r.info.get("train_seconds", 0) or 0) for r in study.runs),
+            sum(r.eval_seconds for r in study.runs))
+
+
 def environment(study: Study) -> list[tuple[str, str]]:
     keys = (("latentbench", "latentbench"), ("git revision", "git_revision"), ("Python", "python"),
             ("PyTorch", "torch"), ("torchvision", "torchvision"), ("platform", "platform"), ("device", "device"),
@@ -372,8 +378,7 @@ def environment(study: Study) -> list[tuple[str, str]]:
         values = sorted({str(r.info[key]) for r in study.runs if key in r.info})
         if values:
             rows.append((label, ", ".join(values)))
-    train_s = sum(float(r.info.get("train_seconds", 0) or 0) for r in study.runs)
-    eval_s = sum(r.eval_seconds for r in study.runs)
+    train_s, eval_s = total_seconds(study)
     rows.append(("training time (sum over runs)", _duration(train_s)))
     rows.append(("evaluation time (sum over runs)", _duration(eval_s)))
     if "wall_seconds" in study.meta:
@@ -501,9 +506,9 @@ def summary(study: Study, tables: list[Table]) -> list[str]:
     pending = [r.name for r in study.runs if not r.metrics]
     if pending:
         lines.append(f"Not evaluated yet, so in no number above: {', '.join(pending)} (latentbench eval RUN).")
-    train_s = sum(float(r.info.get("train_seconds", 0) or 0) for r in study.runs)
-    lines.append(f"Cost: {_duration(train_s)} of training and {_duration(sum(r.eval_seconds for r in study.runs))} "
-                 f"of evaluation over {len(study.runs)} run(s).")
+    train_s, eval_s = total_seconds(study)
+    lines.append(f"Cost: {_duration(train_s)} of training and {_duration(eval_s)} of evaluation over "
+                 f"{len(study.runs)} run(s).")
     return [line for line in lines if line]
 
 
@@ -521,10 +526,7 @@ class Document:
     summary: list[str] = field(default_factory=list)
 
 
-# settings that change where or how fast a run trains, not what it learns: runs differing in them are seeds
-# of one recipe
-NOT_RECIPE = ("name", "out_dir", "data.root", "data.download", "train.seed", "train.device", "train.threads",
-              "train.log_every", "train.save_every_minutes", "train.compile", "train.amp", "train.deterministic")
+NOT_RECIPE = RUN_SETTINGS | {"train.seed"}  # runs that differ only in these are seeds of one recipe
 
 
 def _where(run: Run, study: Study) -> str:

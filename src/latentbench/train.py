@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import latentbench
 from latentbench import distributed, hostmem, onednn
-from latentbench.config import ConfigError, RunConfig, flatten, load_saved_config, save_config
+from latentbench.config import RUN_SETTINGS, ConfigError, RunConfig, flatten, load_saved_config, save_config
 from latentbench.data import BatchLoader, Splits, load_splits
 from latentbench.io import (RunFileError, atomic_torch_save, atomic_write_json, check_free_space,
                             check_writable, read_json, remove_stale_temp, run_directory_lock, safe_torch_load)
@@ -164,9 +164,7 @@ def load_objective_weights(objective: nn.Module, checkpoint: Path, state: dict[s
 
 # Keys a resumed run may change: where and how it runs, how long, and evaluation. Any other change (data,
 # model, objective, optimizer, seed) would make the continuation a different experiment.
-RESUME_MAY_CHANGE = {"name", "out_dir", "data.root", "data.download", "train.epochs", "train.max_steps",
-                     "train.patience", "train.device", "train.threads", "train.log_every", "train.save_every_minutes",
-                     "train.compile", "train.amp", "train.sync_batchnorm", "train.deterministic"}
+RESUME_MAY_CHANGE = RUN_SETTINGS | {"train.epochs", "train.max_steps", "train.patience", "train.sync_batchnorm"}
 SCHEDULE_LENGTH_KEYS = ("train.epochs", "train.max_steps")  # a cosine/one-cycle schedule is laid out over these
 
 
