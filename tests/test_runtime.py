@@ -3,7 +3,10 @@
 import os
 import platform
 import random
+import re
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,8 +116,14 @@ def test_missing_compiler_names_the_compiler_torch_compile_needs(monkeypatch):
     assert rt.missing_compiler(torch.device("cpu")) == ""
 
 
-def test_git_revision_and_torchvision_version_are_strings_even_without_git():
-    assert rt.git_revision() and isinstance(rt.git_revision(), str)
+def test_git_revision_is_the_checkouts_short_hash_and_torchvision_version_is_read():
+    import latentbench
+
+    root = Path(latentbench.__file__).resolve().parents[2]
+    if (root / ".git").exists() and shutil.which("git"):
+        assert re.fullmatch(r"[0-9a-f]{7,40}", rt.git_revision()), rt.git_revision()
+    else:  # an installed copy outside a checkout
+        assert rt.git_revision() == "unknown"
     import torchvision
 
     assert rt.torchvision_version() == torchvision.__version__
