@@ -285,5 +285,5 @@ def test_an_unfinished_run_is_scored_with_a_note_that_says_so(tmp_path, capsys):
     (run / "run_info.json").write_text(json.dumps({**info, "status": "interrupted"}))
     evaluate_run(run, only=["knn"])
     said = capsys.readouterr().out
-    assert f"note: this run is interrupted at epoch 2 of 2, so these are the scores of its best.pt (epoch " in said
+    assert "note: this run is interrupted at epoch 2 of 2, so these are the scores of its best.pt (epoch " in said
     assert "evaluate again when it has finished" in said

@@ -17,8 +17,9 @@ fingerprint and the eval config: when the checkpoint or the eval config changes,
 is recomputed. Nothing here trains or changes the encoder (checked at the end of every call).
 
 What depends on the data alone (the pixel / PCA baselines and the pixel-space t-SNE map) is computed once
-per folder of runs and shared through ``<runs folder>/.latentbench-cache/``, keyed by a hash of the
-images and the settings (``--force`` does not clear it; delete the folder to recompute).
+per folder of runs and shared (:mod:`latentbench.sharedcache`). Loading the run is :mod:`latentbench.evalrun`,
+drawing the figures :mod:`latentbench.figures`; this module owns the stages, the metric groups and
+``metrics.json``.
 
 ``metrics.json``::
 
@@ -29,119 +30,28 @@ images and the settings (``--force`` does not clear it; delete the folder to rec
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from latentbench import config as config_module
-from latentbench import embed, hostmem, metrics, plots, probes
+from latentbench import embed, hostmem, metrics, probes
 from latentbench.augment import augment, view_kind
-from latentbench.config import (AugmentConfig, ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict,
-                               probe_hidden_width)
-from latentbench.data import ImageData, Splits, load_splits
-from latentbench.io import RunFileError, atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from latentbench.config import AugmentConfig, ConfigError, EvalConfig, probe_hidden_width
+from latentbench.data import ImageData
+from latentbench.evalrun import EvalRun, Scores, load_run, say
+from latentbench.figures import FIGURES, figure_curves, figure_images, figure_tsne
+from latentbench.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 from latentbench.models import ClassifierHead, build_encoder_decoder
-from latentbench.objectives import Objective, build_objective
-from latentbench.rundir import RunPaths, read_history
-from latentbench.runtime import configure_threads, eval_threads, resolve_device
-from latentbench.train import load_objective_weights, resume_config
+from latentbench.sharedcache import cached, shared_cache_path
 
 METRICS_FILE = "metrics.json"
 EMBEDDINGS_FILE = "embeddings.pt"
 STATE_FILE = "eval_state.json"
 DECODER_PROBE_FILE = "decoder_probe.pt"
-FIGURES = {"reconstructions": "figures/reconstructions.png", "interpolation": "figures/interpolation.png",
-           "tsne": "figures/tsne.png", "curves": "figures/curves.png"}
-# keys besides eval.* that `eval --set` accepts: where the data and the device are on this machine
-EVAL_OVERRIDABLE = ("eval.", "data.root", "train.device", "train.threads")
-# Results that depend on the data but not on the encoder (pixel baselines, the pixel t-SNE map) are shared by
-# the runs of one folder through this cache next to them, keyed by a hash of the images and the settings.
-SHARED_CACHE = ".latentbench-cache"
-
-Scores = tuple[dict[str, float], dict[str, str]]  # (metrics, protocol)
-
-
-# ------------------------------------------------------------------------------------------ the run
-@dataclass
-class EvalRun:
-    """A trained run loaded for evaluation: config, data, the objective with its best weights, where to write."""
-
-    cfg: RunConfig
-    paths: RunPaths
-    splits: Splits
-    objective: Objective
-    device: torch.device
-    channels_last: bool
-    checkpoint: Path
-    checkpoint_id: str
-    threads: int
-
-    @property
-    def ev(self) -> EvalConfig:
-        return self.cfg.eval
-
-    @property
-    def name(self) -> str:
-        return self.cfg.run_name()
-
-    def out(self, relative: str) -> Path:
-        return self.paths.root / relative
-
-
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def eval_config(run_dir: Path, overrides: list[str], eval_settings: EvalConfig | None = None) -> RunConfig:
-    """The run's saved config, its ``eval`` section replaced by ``eval_settings`` when given, with ``eval.*``
-    (and data-root / device) overrides applied."""
-    for text in overrides:
-        key = text.split("=", 1)[0].strip()
-        if not key.startswith(EVAL_OVERRIDABLE):
-            raise ConfigError(f"eval --set '{text}': only eval.* keys (and data.root, train.device, train.threads) "
-                              "can be changed at evaluation time; the rest of the config belongs to the trained run")
-    cfg = resume_config(run_dir)
-    if eval_settings is not None:
-        cfg = dataclasses.replace(cfg, eval=eval_settings)
-    return from_dict(apply_overrides(cfg.to_dict(), overrides)) if overrides else cfg
-
-
-
-def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits | None = None,
-             eval_settings: EvalConfig | None = None) -> EvalRun:
-    """Rebuild the run's objective from its config and load its best (else last) checkpoint, in eval mode.
-
-    ``eval_settings`` (a study's) replace the run's saved ``eval`` section before ``overrides`` apply.
-    """
-    paths = RunPaths(Path(run_dir))
-    cfg = eval_config(paths.root, list(overrides or []), eval_settings)
-    checkpoint = paths.best if paths.best.exists() else paths.last
-    if not checkpoint.exists():
-        raise RunFileError(f"'{paths.root}' holds no checkpoint ({paths.best.name} or {paths.last.name} under "
-                           f"'{paths.checkpoints}'); train it first with 'latentbench train'")
-    device = resolve_device(cfg.train.device)
-    threads = configure_threads(eval_threads(cfg.train.threads))
-    if device.type == "cpu":
-        hostmem.keep_freed_memory()  # batches of 1,024 images: no page faults to get freed memory back
-    splits = splits or load_splits(cfg.data)
-    objective = build_objective(splits.spec, cfg)
-    load_objective_weights(objective, checkpoint, averaged=True)  # best.pt holds the average already
-    objective = objective.to(device).eval()
-    conv = cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in objective.modules())
-    if conv:
-        objective = objective.to(memory_format=torch.channels_last)
-    return EvalRun(cfg, paths, splits, objective, device, conv, checkpoint, file_fingerprint(checkpoint), threads)
 
 
 # ------------------------------------------------------------------------------------------ subsamples
@@ -474,47 +384,16 @@ def pca_project(train: torch.Tensor, dims: int, seed: int, *others: torch.Tensor
     return [(t - mean) @ v for t in (train, *others)]
 
 
-def data_fingerprint(splits: Splits) -> str:
-    """sha256 of every split's images and labels: the key of results that depend on the data alone."""
-    digest = hashlib.sha256()
-    for name in embed.SPLITS:
-        part = getattr(splits, name)
-        for t in (part.x, part.y):
-            digest.update(t.contiguous().cpu().numpy().data)
-    return digest.hexdigest()
-
-
-def shared_cache_path(run: EvalRun, kind: str, params: dict[str, Any], suffix: str) -> Path:
-    key = json.dumps({"data": data_fingerprint(run.splits), "device": run.device.type, **params}, sort_keys=True)
-    return run.paths.root.parent / SHARED_CACHE / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
-
-
-def _cached(path: Path, load: Callable[[Path], Any], compute: Callable[[], Any], save: Callable[[Path, Any], None],
-            force: bool = False) -> tuple[Any, bool]:
-    """``load(path)`` when the shared cache holds it (and not ``force``), else ``compute()`` and try to save it."""
-    if path.exists() and not force:
-        try:
-            return load(path), True
-        except (RunFileError, OSError, KeyError, TypeError, ValueError):
-            pass  # a damaged cache entry is recomputed and replaced
-    value = compute()
-    try:
-        save(path, value)
-    except OSError:
-        pass  # a read-only parent folder only costs the sharing
-    return value, False
-
-
 def group_baselines(run: EvalRun, emb, samples) -> Scores:
     """Pixel and PCA-of-pixel baselines, shared through the cache by every run on the same data and settings."""
     ev = run.ev
     params = {k: getattr(ev, k) for k in ("knn_k", "knn_temperature", "linear_c", "linear_max_iter", "pca_dims",
                                           "seed")}
     path = shared_cache_path(run, "baselines", params, ".json")
-    scores, hit = _cached(path, lambda p: tuple(read_json(p)), lambda: compute_baselines(run, emb),
+    scores, hit = cached(path, lambda p: tuple(read_json(p)), lambda: compute_baselines(run, emb),
                           atomic_write_json)
     if hit:
-        _say(run, f"baselines: reusing {path}")
+        say(run, f"baselines: reusing {path}")
     return scores
 
 
@@ -535,100 +414,6 @@ def compute_baselines(run: EvalRun, emb) -> Scores:
         out[f"{name}_linear_test_acc"] = result.scores["test"]
         how[f"{name}_linear_test_acc"] = "test accuracy of " + _linear_protocol(result.extra["c"], result.epochs, what)
     return out, how
-
-
-# ------------------------------------------------------------------------------------------ figures
-def _trust(high: torch.Tensor, low: np.ndarray) -> float:
-    from sklearn.manifold import trustworthiness
-
-    n_neighbors = max(1, min(5, len(low) // 2 - 1))
-    return float(trustworthiness(high.double().cpu().numpy(), low, n_neighbors=n_neighbors))
-
-
-def figure_tsne(run: EvalRun, emb, samples) -> Scores:
-    ev, spec = run.ev, run.splits.spec
-    index = torch.tensor(samples["tsne"], dtype=torch.long)
-    position = {int(i): p for p, i in enumerate(samples["tsne"])}
-    trust = torch.tensor([position[i] for i in samples["trust"]], dtype=torch.long)
-    z = emb["test"]["z"][index]
-    x = run.splits.test.x[index].flatten(1).float() / 255.0
-    y = emb["test"]["y"][index]
-    latent = plots.tsne_map(z, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
-    pixel, pixel_trust = pixel_tsne(run, x, trust, samples)
-    n_trust = len(trust)
-    title = f"{run.name}: t-SNE of {len(index)} test images (PCA-50 first, perplexity {ev.tsne_perplexity:g})"
-    plots.plot_tsne({f"latent space z ({z.shape[1]}-d, {run.cfg.objective.name})": latent,
-                     f"image space (pixels, {x.shape[1]}-d)": pixel}, y, spec.class_names, run.out(FIGURES["tsne"]),
-                    title)
-    out = {"tsne_trustworthiness": _trust(z[trust], latent[trust.numpy()]), "tsne_pixel_trustworthiness": pixel_trust}
-    gradients = "FFT" if len(index) >= plots.FFT_FROM_POINTS else "Barnes-Hut"
-    base = (f"sklearn trustworthiness (5 neighbours) of the openTSNE map vs the {{}} of {n_trust} of the "
-            f"{len(index)} mapped test images (exact kNN, {gradients} gradients, 250+{ev.tsne_iters} iterations, "
-            f"seed {ev.seed})")
-    return out, {"tsne_trustworthiness": base.format("latent z"), "tsne_pixel_trustworthiness": base.format("pixels")}
-
-
-def pixel_tsne(run: EvalRun, x: torch.Tensor, trust: torch.Tensor, samples) -> tuple[np.ndarray, float]:
-    """The pixel-space t-SNE map of the subsample ``x`` (N, D) and its trustworthiness, shared through the cache."""
-    ev = run.ev
-    params = {"tsne": samples["tsne"], "trust": samples["trust"], "perplexity": ev.tsne_perplexity,
-              "iters": ev.tsne_iters, "seed": ev.seed}
-    path = shared_cache_path(run, "pixel-tsne", params, ".pt")
-
-    def compute() -> dict[str, Any]:
-        points = plots.tsne_map(x, ev.tsne_perplexity, ev.tsne_iters, ev.seed, n_jobs=run.threads)
-        return {"map": torch.from_numpy(points), "trust": _trust(x[trust], points[trust.numpy()])}
-
-    value, hit = _cached(path, safe_torch_load, compute, atomic_torch_save)
-    if hit:
-        _say(run, f"t-SNE: reusing the pixel map {path}")
-    return value["map"].numpy(), float(value["trust"])
-
-
-def _decode_pair(run: EvalRun, decoder: nn.Module, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, bool]:
-    """Decoded linear interpolation between the two images of ``x`` (2, C, H, W): z, and skip maps if used."""
-    z, skips = run.objective.encoder.features(x)
-    use_skips = bool(getattr(decoder, "use_skips", False) and skips)
-    frames = []
-    for a in torch.linspace(0, 1, steps).tolist():
-        z_t = (1 - a) * z[:1] + a * z[1:]
-        skips_t = [(1 - a) * s[:1] + a * s[1:] for s in skips] if use_skips else None
-        frames.append(decoder(z_t, skips_t).float().cpu())
-    return torch.cat(frames), use_skips
-
-
-def figure_images(run: EvalRun, emb, samples) -> dict[str, str]:
-    """Reconstructions and interpolation PNGs; returns a line describing each."""
-    decoder, is_probe, how = load_decoder(run, emb)
-    source = "decoder probe on frozen z" if is_probe else "the run's decoder"
-    spec, test = run.splits.spec, run.splits.test
-    rec = torch.tensor(samples["reconstructions"], dtype=torch.long)
-    with torch.inference_mode():
-        x = embed.pixels(test.x[rec], run.device, run.channels_last)
-        z, skips = run.objective.encoder.features(x)
-        x_hat = decoder(z, skips).float().cpu()
-        a, b = samples["interpolation"]
-        pair = embed.pixels(test.x[[a, b]], run.device, run.channels_last)
-        frames, used_skips = _decode_pair(run, decoder, pair, run.ev.interp_steps)
-    names = spec.class_names
-    captions = [f"#{i} ({names[int(test.y[i])]})" for i in rec.tolist()]
-    plots.plot_reconstructions(x.float().cpu(), x_hat, run.out(FIGURES["reconstructions"]),
-                               f"{run.name}: test reconstructions ({source})", captions)
-    label_a, label_b = names[int(test.y[a])], names[int(test.y[b])]
-    plots.plot_interpolation(pair[0].float().cpu(), pair[1].float().cpu(), frames, run.out(FIGURES["interpolation"]),
-                             f"{run.name}: {run.ev.interp_steps}-step latent interpolation, test #{a} ({label_a}) -> "
-                             f"#{b} ({label_b}), {source}" + (" (z and skip maps interpolated)" if used_skips else ""),
-                             label_a, label_b)
-    skip_note = "; the decoder's skip maps are interpolated linearly too" if used_skips else ""
-    return {"reconstructions": f"test images {rec.tolist()} (seed {run.ev.seed}) over their reconstructions by {how}",
-            "interpolation": f"decoder((1-t) z_a + t z_b) for {run.ev.interp_steps} t in [0,1], test images #{a} "
-                             f"and #{b}, by {how}{skip_note}"}
-
-
-def figure_curves(run: EvalRun) -> dict[str, str]:
-    history = read_history(run.paths.history) if run.paths.history.exists() else []
-    plots.plot_curves(history, run.out(FIGURES["curves"]), f"{run.name}: learning curves (history.csv)")
-    return {"curves": "train (epoch mean) and validation statistics per epoch from history.csv"}
 
 
 # ------------------------------------------------------------------------------------------ bookkeeping
@@ -698,16 +483,12 @@ def check_unchanged(before: dict[str, torch.Tensor], encoder: nn.Module) -> None
         raise RuntimeError(f"evaluation changed the frozen encoder ({', '.join(changed[:5])}); this is a bug")
 
 
-def _say(run: EvalRun, text: str) -> None:
-    print(f"[{run.name}] eval: {text}", flush=True)
-
-
 def _embeddings(run: EvalRun, force: bool, results: Results) -> dict[str, dict[str, torch.Tensor]]:
     path = run.out(EMBEDDINGS_FILE)
     if path.exists() and not force:
         emb = embed.load_embeddings(path, run.checkpoint_id)
         if emb is not None:
-            _say(run, f"embeddings: cached in {path.name}")
+            say(run, f"embeddings: cached in {path.name}")
             return emb
     start = time.perf_counter()
     emb = embed.extract(run.objective.encoder, run.splits, run.ev.batch_size, run.device, run.channels_last,
@@ -715,7 +496,7 @@ def _embeddings(run: EvalRun, force: bool, results: Results) -> dict[str, dict[s
     embed.save_embeddings(path, emb, run.checkpoint_id)
     seconds = time.perf_counter() - start
     results.add("embeddings", None, seconds)
-    _say(run, f"embeddings: {sum(len(e['z']) for e in emb.values())} images -> {path.name} ({seconds:.1f}s)")
+    say(run, f"embeddings: {sum(len(e['z']) for e in emb.values())} images -> {path.name} ({seconds:.1f}s)")
     return emb
 
 
@@ -759,7 +540,7 @@ def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None
     run = load_run(Path(run_dir), overrides)
     note = unfinished_note(run.paths.root, run.checkpoint)
     if note:
-        _say(run, note)
+        say(run, note)
     try:
         return evaluate(run, force, only)
     finally:
@@ -786,12 +567,12 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -
     if only is not None:
         check_only(run, only)
     frozen = _encoder_state(run.objective.encoder)
-    _say(run, f"{run.device}, {run.threads} thread(s){'' if run.cfg.train.threads else ' (auto: cores left free)'}; "
+    say(run, f"{run.device}, {run.threads} thread(s){'' if run.cfg.train.threads else ' (auto: cores left free)'}; "
               f"checkpoint {run.checkpoint.name}")
     samples = choose_samples(run.ev, run.splits.test.y, run.splits.spec.num_classes, run.splits.spec.channels)
     stale = "" if force and only is None else _is_stale(run, samples)
     if stale and run.out(METRICS_FILE).exists():
-        _say(run, f"recomputing metrics and figures: {stale}")
+        say(run, f"recomputing metrics and figures: {stale}")
     fresh = force or bool(stale)
     drop_old = fresh if only is None else bool(stale)  # with --only, --force touches just the named stages
     results = Results(run, drop_old)
@@ -806,7 +587,7 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -
             continue
         start = time.perf_counter()
         results.add(stage, fn(run, emb, samples), time.perf_counter() - start)
-        _say(run, f"{stage}: " + ", ".join(f"{k}={results.metrics[k]:.4f}" for k in keys)
+        say(run, f"{stage}: " + ", ".join(f"{k}={results.metrics[k]:.4f}" for k in keys)
              + f" ({results.seconds[stage]:.1f}s)")
     if only is None or "figures" in only:
         state["figures"].update(_figures(run, emb, samples, results, fresh))
@@ -814,7 +595,7 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -
         _drop_stale_figures(run)
     atomic_write_json(state_path, state)
     check_unchanged(frozen, run.objective.encoder)
-    _say(run, f"wrote {results.path} and {run.out('figures')}/ ({results.as_dict()['seconds']['total']:.1f}s of "
+    say(run, f"wrote {results.path} and {run.out('figures')}/ ({results.as_dict()['seconds']['total']:.1f}s of "
               "eval in all)")
     return results.as_dict()
 
@@ -836,12 +617,12 @@ def _figures(run: EvalRun, emb, samples, results: Results, fresh: bool) -> dict[
         results.add("tsne", figure_tsne(run, emb, samples), time.perf_counter() - start)
         notes["tsne"] = (f"openTSNE maps of {len(samples['tsne'])} test images (seed {run.ev.seed}): latent z and "
                          "pixels, each PCA-50 first, coloured by class")
-        _say(run, f"t-SNE: trustworthiness {results.metrics['tsne_trustworthiness']:.4f} latent, "
+        say(run, f"t-SNE: trustworthiness {results.metrics['tsne_trustworthiness']:.4f} latent, "
                   f"{results.metrics['tsne_pixel_trustworthiness']:.4f} pixels ({results.seconds['tsne']:.1f}s)")
     if missing("reconstructions", "interpolation", "curves"):
         start = time.perf_counter()
-        notes.update(figure_images(run, emb, samples))
+        notes.update(figure_images(run, *load_decoder(run, emb), samples))
         notes.update(figure_curves(run))
         results.add("figures", None, time.perf_counter() - start)
-        _say(run, f"figures: {', '.join(FIGURES.values())} ({results.seconds['figures']:.1f}s)")
+        say(run, f"figures: {', '.join(FIGURES.values())} ({results.seconds['figures']:.1f}s)")
     return notes
