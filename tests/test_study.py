@@ -381,3 +381,29 @@ def test_announce_gives_the_plan_its_cost_and_how_to_watch_it(tmp_path):
     study.announce(spec, plan, {r.name: "evaluated" for r in plan}, {r.name: 0.0 for r in plan},
                    tmp_path / "study", lines.append)
     assert len(lines) == 3 and f"{len(plan)} already done" in lines[1]  # nothing left to watch
+
+
+def test_a_dry_run_says_what_each_run_would_do_and_writes_nothing(tmp_path):
+    out = tmp_path / "study"
+    lines: list[str] = []
+    calls = Calls()
+    reproduce("smoke", out=out, datasets=["mnist"], train_fn=calls.train, evaluate_fn=calls.evaluate,
+              log=lines.append, dry_run=True)
+    assert not out.exists() and calls.trained == [] and calls.evaluated == []
+    names = [f"mnist_{m}_s0" for m in GRID["mnist"]]
+    for name in names:
+        block = next(i for i, line in enumerate(lines) if line.startswith(f"  {name} [new]: train, then evaluate, ~"))
+        assert lines[block + 1].strip().startswith("latentbench train ") and f"eval {out / 'runs' / name}" in \
+            lines[block + 1]
+    assert lines[-1].startswith("dry run: nothing was trained or written")
+
+    quiet_reproduce(out, Calls(), datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+    lines.clear()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    reproduce("smoke", out=out, datasets=["mnist"], extra_overrides=["train.max_steps=2"], log=lines.append,
+              dry_run=True)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # not even study.json rewritten
+    assert f"  {names[0]} [evaluated]: nothing (done)" in lines and not any("latentbench train" in x for x in lines)
+    with pytest.raises(ConfigError, match="different settings"):  # a changed setting is refused, as for real
+        reproduce("smoke", out=out, datasets=["mnist"], extra_overrides=["train.max_steps=3"], log=lines.append,
+                  dry_run=True)

@@ -139,7 +139,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
     reproduce(preset=args.preset, datasets=datasets, seeds=args.seeds, out=Path(args.out) if args.out else None,
-              data_root=args.data_root, device=args.device, extra_overrides=list(args.set or []))
+              data_root=args.data_root, device=args.device, extra_overrides=list(args.set or []),
+              dry_run=args.dry_run)
     return 0
 
 
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--datasets", help="comma-separated subset, e.g. mnist")
     p.add_argument("--seeds", type=int, help="number of seeds (default from the preset)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would run (state, estimated time, stand-alone commands) and write nothing")
     add_common(p)
     p.set_defaults(fn=cmd_reproduce)
 

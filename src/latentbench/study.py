@@ -481,7 +481,7 @@ def _previous_sessions(path: Path) -> list[dict[str, Any]]:
 
 
 def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float], out: Path,
-             say: Callable[[str], None]) -> None:
+             say: Callable[[str], None], dry_run: bool = False) -> None:
     """The preset, the number of runs and the estimated cost, before anything starts."""
     todo = [r.name for r in plan if states[r.name] not in DONE_STATES]
     per_dataset = ", ".join(f"{DATASET_LABELS[d]}: {len(GRID[d])} models x "
@@ -491,8 +491,23 @@ def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estim
     say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
     say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[n] for n in todo))} "
         "on a 2-core CPU (refined as runs finish)")
-    if todo:
+    if todo and not dry_run:
         say(f"  progress, from another terminal: latentbench status {out}")
+
+
+def describe_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float],
+                  say: Callable[[str], None]) -> None:
+    """One block per run for ``reproduce --dry-run``: what it would do next, about how long, and the
+    stand-alone commands that do the same (to run the grid's cells as separate jobs on a cluster)."""
+    next_step = {"new": "train, then evaluate", "interrupted": "resume training, then evaluate",
+                 "trained": "evaluate", "evaluated": "nothing (done)", "diverged": "nothing (diverged; kept)"}
+    for run in plan:
+        state = states[run.name]
+        cost = "" if state in DONE_STATES else f", ~{format_duration(estimates[run.name])}"
+        say(f"  {run.name} [{state}]: {next_step.get(state, state)}{cost}")
+        if state not in DONE_STATES:
+            say(f"      {run.command()}")
+    say("dry run: nothing was trained or written; run the same command without --dry-run to start")
 
 
 def evaluated_as_planned(run: PlannedRun) -> bool:
@@ -603,14 +618,15 @@ def run_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str
 
 def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: int | None = None,
               out: Path | None = None, data_root: str | None = None, device: str | None = None,
-              extra_overrides: list[str] | None = None, *, report: bool = True,
+              extra_overrides: list[str] | None = None, *, report: bool = True, dry_run: bool = False,
               log: Callable[[str], None] | None = None,
               train_fn: Callable[..., Path] | None = None,
               evaluate_fn: Callable[[Path, Any, EvalConfig], dict] | None = None) -> Path:
     """Run (or continue) the study of ``preset`` into ``out`` and build its report; returns the study folder.
 
     ``train_fn(cfg, run_dir, resume, splits)`` and ``evaluate_fn(run_dir, splits, eval_settings)`` default to
-    the package's training and evaluation; tests swap them to count calls.
+    the package's training and evaluation; tests swap them to count calls. ``dry_run`` says what the study
+    would do (each run's state, estimated time and stand-alone command) and writes nothing.
     """
     say = log or (lambda text: print(text, flush=True))
     spec = load_preset(preset)
@@ -620,11 +636,15 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     plan = plan_study(spec, folder, datasets, seeds, user)
     for run in plan:
         check_same_settings(run)
+    states = {r.name: study_state(r) for r in plan}
+    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
+    if dry_run:
+        announce(spec, plan, states, estimates, folder, say, dry_run=True)
+        describe_plan(plan, states, estimates, say)
+        return folder
     check_writable(folder)
     command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
     record = StudyRecord(folder / "study.json", spec, plan, command)
-    states = {r.name: study_state(r) for r in plan}
-    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
     announce(spec, plan, states, estimates, folder, say)
     record.save("running")
     diverged = run_plan(plan, states, estimates, record, train_fn or _default_train,
