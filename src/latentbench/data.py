@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,18 @@ class DatasetSpec:
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; saved in every checkpoint and ``run_info.json`` (the encoders' input statistics
+        live in non-persistent buffers, so a trained encoder is rebuilt from these, without its dataset)."""
+        return {"name": self.name, "channels": self.channels, "height": self.height, "width": self.width,
+                "class_names": list(self.class_names), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DatasetSpec":
+        return cls(str(values["name"]), int(values["channels"]), int(values["height"]), int(values["width"]),
+                   tuple(str(c) for c in values["class_names"]), tuple(float(m) for m in values["mean"]),
+                   tuple(float(s) for s in values["std"]))
 
 
 @dataclass

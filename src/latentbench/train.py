@@ -321,6 +321,7 @@ class Trainer:
             "step_log": self.step_log,
             "elapsed": self.elapsed + self._unbooked_seconds(),
             "config": self.cfg.to_dict(),
+            "dataset": self.spec.to_dict(),
         }
 
     def save_last(self) -> None:
@@ -352,7 +353,8 @@ class Trainer:
         if self.dist.is_main:
             atomic_torch_save(self.paths.best, {"format": 1, "objective": self.evaluated.state_dict(),
                                                 "epoch": self.epoch, "monitor": self.monitor,
-                                                "value": self.early.best, "config": self.cfg.to_dict()})
+                                                "value": self.early.best, "config": self.cfg.to_dict(),
+                                                "dataset": self.spec.to_dict()})
 
     def restore(self, path: Path) -> None:
         """Continue exactly where the checkpoint ``path`` (a ``last.pt``) left off."""
@@ -702,7 +704,8 @@ def _run_info(trainer: Trainer, status: str, reason: str = "") -> dict[str, Any]
         "updated": time.time(),
         "dataset": {"name": trainer.spec.name, "shape": list(trainer.spec.shape),
                     "classes": list(trainer.spec.class_names), "train": len(trainer.splits.train),
-                    "val": len(trainer.splits.val), "test": len(trainer.splits.test)},
+                    "val": len(trainer.splits.val), "test": len(trainer.splits.test),
+                    "mean": list(trainer.spec.mean), "std": list(trainer.spec.std)},
     }
 
 
