@@ -398,12 +398,21 @@ def test_a_dry_run_says_what_each_run_would_do_and_writes_nothing(tmp_path):
     assert lines[-1].startswith("dry run: nothing was trained or written")
 
     quiet_reproduce(out, Calls(), datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+    runs = out / "runs"
+    (runs / names[1] / "metrics.json").unlink()  # trained, not evaluated: the eval command alone
+    info = json.loads((runs / names[2] / "run_info.json").read_text())
+    (runs / names[2] / "run_info.json").write_text(json.dumps({**info, "status": "interrupted"}))
     lines.clear()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     reproduce("smoke", out=out, datasets=["mnist"], extra_overrides=["train.max_steps=2"], log=lines.append,
               dry_run=True)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # not even study.json rewritten
-    assert f"  {names[0]} [evaluated]: nothing (done)" in lines and not any("latentbench train" in x for x in lines)
+    assert f"  {names[0]} [evaluated]: nothing (done)" in lines
+    block = {line.split(" [")[0].strip(): i for i, line in enumerate(lines) if " [" in line}
+    assert lines[block[names[1]] + 1].strip() == f"latentbench eval {runs / names[1]}"
+    assert lines[block[names[2]]].startswith(f"  {names[2]} [interrupted]: resume training, then evaluate")
+    assert lines[block[names[2]] + 1].strip() == (f"latentbench train --resume {runs / names[2]} && "
+                                                   f"latentbench eval {runs / names[2]}")
     with pytest.raises(ConfigError, match="different settings"):  # a changed setting is refused, as for real
         reproduce("smoke", out=out, datasets=["mnist"], extra_overrides=["train.max_steps=3"], log=lines.append,
                   dry_run=True)

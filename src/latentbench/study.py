@@ -505,8 +505,11 @@ def describe_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dic
         state = states[run.name]
         cost = "" if state in DONE_STATES else f", ~{format_duration(estimates[run.name])}"
         say(f"  {run.name} [{state}]: {next_step.get(state, state)}{cost}")
-        if state not in DONE_STATES:
-            say(f"      {run.command()}")
+        where = shlex.quote(str(run.run_dir))
+        commands = {"new": run.command(), "trained": f"latentbench eval {where}",
+                    "interrupted": f"latentbench train --resume {where} && latentbench eval {where}"}
+        if state in commands:
+            say(f"      {commands[state]}")
     say("dry run: nothing was trained or written; run the same command without --dry-run to start")
 
 
