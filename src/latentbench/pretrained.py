@@ -15,13 +15,13 @@ code ``z``, never the projection head's output; :func:`load_objective` gives the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentbench.config import apply_overrides, from_dict
 from latentbench.data import DatasetSpec, load_splits
 from latentbench.io import RunFileError, read_json, safe_torch_load
 from latentbench.objectives import Objective, build_objective
@@ -71,8 +71,7 @@ def load_objective(run_dir: str | Path, checkpoint: str = "best", device: str | 
     state = safe_torch_load(path)
     spec = saved_spec(paths, state)
     if spec is None:  # an older run: its dataset's statistics, recomputed once
-        data_cfg = apply_overrides(cfg.to_dict(), [f'data.root="{data_root}"']) if data_root else cfg.to_dict()
-        spec = load_splits(from_dict(data_cfg).data).spec
+        spec = load_splits(dataclasses.replace(cfg.data, root=str(data_root)) if data_root else cfg.data).spec
     objective = build_objective(spec, cfg)
     load_objective_weights(objective, path, state, averaged=True)
     objective.requires_grad_(False)
