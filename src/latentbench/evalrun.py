@@ -20,10 +20,11 @@ from latentbench import hostmem
 from latentbench.config import ConfigError, EvalConfig, RunConfig, apply_overrides, from_dict
 from latentbench.data import Splits, load_splits
 from latentbench.io import RunFileError
-from latentbench.objectives import Objective, build_objective
+from latentbench.objectives import Objective
+from latentbench.pretrained import trained_objective
 from latentbench.rundir import RunPaths
 from latentbench.runtime import configure_threads, eval_threads, resolve_device
-from latentbench.train import load_objective_weights, resume_config
+from latentbench.train import resume_config
 
 # keys besides eval.* that `eval --set` accepts: where the data and the device are on this machine
 EVAL_OVERRIDABLE = ("eval.", "data.root", "train.device", "train.threads")
@@ -97,9 +98,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, splits: Splits |
     if device.type == "cpu":
         hostmem.keep_freed_memory()  # batches of 1,024 images: no page faults to get freed memory back
     splits = splits or load_splits(cfg.data)
-    objective = build_objective(splits.spec, cfg)
-    load_objective_weights(objective, checkpoint, averaged=True)  # best.pt holds the average already
-    objective = objective.to(device).eval()
+    objective = trained_objective(splits.spec, cfg, checkpoint).to(device)
     conv = cfg.model.channels_last and any(isinstance(m, nn.Conv2d) for m in objective.modules())
     if conv:
         objective = objective.to(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentbench.config import RunConfig
 from latentbench.data import DatasetSpec, load_splits
 from latentbench.io import RunFileError, read_json, safe_torch_load
 from latentbench.objectives import Objective, build_objective
@@ -57,6 +58,15 @@ def saved_spec(paths: RunPaths, state: dict[str, Any]) -> DatasetSpec | None:
     return None
 
 
+def trained_objective(spec: DatasetSpec, cfg: RunConfig, checkpoint: Path,
+                      state: dict[str, Any] | None = None) -> Objective:
+    """The objective of ``cfg`` for ``spec`` with ``checkpoint``'s weights (its average where the run kept one),
+    in eval mode on the CPU; ``state``: the file's contents when already loaded. Evaluation builds on it too."""
+    objective = build_objective(spec, cfg)
+    load_objective_weights(objective, checkpoint, state, averaged=True)  # best.pt holds the average already
+    return objective.eval()
+
+
 def load_objective(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
                    data_root: str | None = None) -> Objective:
     """The run's whole trained model (encoder and heads), frozen and in eval mode on ``device``.
@@ -72,10 +82,9 @@ def load_objective(run_dir: str | Path, checkpoint: str = "best", device: str | 
     spec = saved_spec(paths, state)
     if spec is None:  # an older run: its dataset's statistics, recomputed once
         spec = load_splits(dataclasses.replace(cfg.data, root=str(data_root)) if data_root else cfg.data).spec
-    objective = build_objective(spec, cfg)
-    load_objective_weights(objective, path, state, averaged=True)
+    objective = trained_objective(spec, cfg, path, state)
     objective.requires_grad_(False)
-    return objective.to(device).eval()
+    return objective.to(device)
 
 
 def load_encoder(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu",
