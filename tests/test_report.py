@@ -202,6 +202,31 @@ def test_protocols_listed_once_per_distinct_text(study_dir):
                     "| `knn_test_acc` | MNIST: Supervised | kNN, k=5 |"]
 
 
+def test_protocols_give_one_row_to_the_splits_of_a_number_measured_alike(tmp_path):
+    split_texts = {f"probe_{kind}_{split}_acc": f"{split} accuracy of the {kind} probe, kept epoch 9"
+                   for kind in ("mlp", "linear") for split in ("train", "val", "test")}
+    split_texts.update(recon_test_mae="test mean |x_hat - x| over the train split's decoder",
+                       recon_val_mae="the val split, another way")
+    for model in ("autoencoder", "contrastive"):
+        metrics_file = make_run(tmp_path, "mnist", model, 0, mnist_metrics(0.98)) / "metrics.json"
+        m = json.loads(metrics_file.read_text())
+        m["protocol"].update(split_texts)
+        if model == "contrastive":
+            m["protocol"]["probe_mlp_val_acc"] = "val accuracy of the mlp probe, kept epoch 4"
+        metrics_file.write_text(json.dumps(m))
+    rows = [line for line in build_report(tmp_path)[1].read_text().splitlines()
+            if line.startswith(("| `probe_", "| `recon_"))]
+    assert "| `probe_linear_{train,val,test}_acc` | all runs | train / val / test: accuracy of the linear probe, " \
+        "kept epoch 9 |" in rows
+    assert "| `probe_mlp_{train,test}_acc` | all runs | train / test: accuracy of the mlp probe, kept epoch 9 |" in rows
+    assert "| `probe_mlp_val_acc` | MNIST: Autoencoder | val accuracy of the mlp probe, kept epoch 9 |" in rows
+    assert "| `probe_mlp_val_acc` | MNIST: Contrastive | val accuracy of the mlp probe, kept epoch 4 |" in rows
+    # a lone split keeps its key and text; a text that does not open with its split is not folded
+    assert "| `recon_test_mae` | all runs | test mean /x_hat - x/ over the train split's decoder |" in rows
+    assert "| `recon_val_mae` | all runs | the val split, another way |" in rows
+    assert not any("recon_{" in line for line in rows)
+
+
 def test_table_1_says_when_our_probe_trained_on_augmented_copies(tmp_path):
     runs = [make_run(tmp_path, "mnist", "autoencoder", 0, mnist_metrics(0.98)),
             make_run(tmp_path, "mnist", "contrastive", 0, mnist_metrics(0.99))]

@@ -384,7 +384,41 @@ def protocols(study: Study) -> list[tuple[str, str, str]]:
             by_text.setdefault(g.runs[0].protocol[key], []).append(g)
         for text, members in by_text.items():
             rows.append((key, _who(members, having, study), text))
-    return rows
+    return _fold_splits(rows)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _split_family(key: str, text: str) -> tuple[str, str, str] | None:
+    """(key with its split replaced by ``{}``, the split, the text without its opening split word) for a number
+    measured on one split whose protocol text opens with that split's name; None otherwise."""
+    for split in SPLITS:
+        token = f"_{split}_"
+        if token in f"_{key}_" and text.startswith(f"{split} "):
+            family = f"_{key}_".replace(token, "_{}_", 1)[1:-1]
+            return family, split, text[len(split) + 1:]
+    return None
+
+
+def _fold_splits(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """One row for the train / val / test numbers of a metric measured the same way on the same runs:
+    ``probe_mlp_{train,val,test}_acc`` instead of three rows that differ only in the split's name."""
+    folded: dict[tuple, list] = {}
+    for key, who, text in rows:
+        family = _split_family(key, text)
+        group = (family[0], who, family[2]) if family else (key, who, text)
+        folded.setdefault(group, []).append(family[1] if family else None)
+    out = []
+    for (key, who, text), splits in folded.items():
+        if None in splits:
+            out.append((key, who, text))
+        elif len(splits) == 1:
+            out.append((key.replace("{}", splits[0]), who, f"{splits[0]} {text}"))
+        else:
+            ordered = sorted(splits, key=SPLITS.index)
+            out.append((key.replace("{}", "{" + ",".join(ordered) + "}"), who, f"{' / '.join(ordered)}: {text}"))
+    return out
 
 
 def _dataset_rank(study: Study, dataset: str) -> int:
