@@ -340,6 +340,10 @@ def test_a_trained_run_is_estimated_at_its_evaluation_alone(tmp_path):
         evaluation = estimate_seconds(run, "trained")
         assert 0 < evaluation < estimate_seconds(run, "new")
         assert estimate_seconds(run, "interrupted") == estimate_seconds(run, "new")
+        training = estimate_seconds(run, "new") - evaluation
+        half = run.config.train.epochs // 2
+        left = estimate_seconds(run, "interrupted", epochs_done=half) - evaluation
+        assert left == pytest.approx(training * (1 - half / run.config.train.epochs))  # only the epochs left
 
 
 def test_a_wider_mlp_probe_raises_the_evaluation_estimate_as_measured(tmp_path):
@@ -372,15 +376,50 @@ def test_announce_gives_the_plan_its_cost_and_how_to_watch_it(tmp_path):
     spec = load_preset("smoke")
     plan = study.plan_study(spec, tmp_path / "study", ["mnist"], 1, [])
     lines: list[str] = []
-    study.announce(spec, plan, {r.name: "new" for r in plan}, {r.name: 90.0 for r in plan}, tmp_path / "study",
-                   lines.append)
+    study.announce(spec, plan, {r.name: "new" for r in plan}, study.Eta({r.name: 90.0 for r in plan}),
+                   tmp_path / "study", lines.append)
     assert f"{len(plan)} runs (MNIST: {len(GRID['mnist'])} models x 1 seed(s)); 0 already done" in lines[1]
     assert f"remaining {len(plan)}: ~{study.format_duration(90.0 * len(plan))}" in lines[2]
     assert lines[3] == f"  progress, from another terminal: latentbench status {tmp_path / 'study'}"
     lines.clear()
-    study.announce(spec, plan, {r.name: "evaluated" for r in plan}, {r.name: 0.0 for r in plan},
+    study.announce(spec, plan, {r.name: "evaluated" for r in plan}, study.Eta({r.name: 0.0 for r in plan}),
                    tmp_path / "study", lines.append)
     assert len(lines) == 3 and f"{len(plan)} already done" in lines[1]  # nothing left to watch
+
+
+def _record_training(run, epochs_done: int, seconds: float) -> None:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "run_info.json").write_text(json.dumps({"status": "interrupted", "epochs_done": epochs_done,
+                                                          "train_seconds": seconds}))
+
+
+def test_the_estimate_follows_the_pace_of_the_training_already_done_in_the_folder(tmp_path):
+    """A study resumed on a machine 2.5x slower than the reference says so and scales what is left."""
+    spec = load_preset("paper")
+    plan = study.plan_study(spec, tmp_path / "study", ["cifar10"], 1, [])
+    assert study.observed_pace(plan) == (0.0, 0.0)
+    first, second = plan[0], plan[1]
+    epochs = first.config.train.epochs
+    _record_training(first, epochs, 2.5 * study.estimate_parts(first)[0])  # all its epochs, 2.5x the model
+    _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)  # half of them
+    actual, predicted = study.observed_pace(plan)
+    assert actual / predicted == pytest.approx(2.5)
+    (second.run_dir / "run_info.json").write_text("{ damaged")  # unreadable: left out, not an error
+    assert study.observed_pace(plan)[0] / study.observed_pace(plan)[1] == pytest.approx(2.5)
+    _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)
+
+    states = {r.name: "new" for r in plan} | {first.name: "trained", second.name: "interrupted"}
+    estimates = {r.name: estimate_seconds(r, states[r.name], study.training_progress(r)[0]) for r in plan}
+    eta = study.Eta(estimates, *study.observed_pace(plan))
+    lines: list[str] = []
+    study.announce(spec, plan, states, eta, tmp_path / "study", lines.append, dry_run=True)
+    model = sum(estimates.values())
+    assert (f"~{study.format_duration(2.5 * model)} at the pace of the training done here so far (2.5x the "
+            f"reference 2-core CPU's time, which would take ~{study.format_duration(model)}") in lines[2]
+    lines.clear()
+    study.describe_plan(plan, states, eta, lines.append)
+    row = next(line for line in lines if line.startswith(f"  {second.name} [interrupted]"))
+    assert row.endswith(f", ~{study.format_duration(2.5 * estimates[second.name])}")
 
 
 def test_a_dry_run_says_what_each_run_would_do_and_writes_nothing(tmp_path):

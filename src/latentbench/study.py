@@ -301,9 +301,9 @@ def probe_width_factor(cfg: RunConfig) -> float:
     return (PROBE_WIDTH_OFFSET + probe_hidden_width(cfg)) / (PROBE_WIDTH_OFFSET + report_width)
 
 
-def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
-    """Rough wall time of what a run in ``state`` still needs (training unless it is trained, then its
-    evaluation) on the reference 2-core CPU (see the cost model above)."""
+def estimate_parts(run: PlannedRun) -> tuple[float, float]:
+    """(training, evaluation): rough wall times of a whole run on the reference 2-core CPU (see the cost model
+    above)."""
     cfg = run.config
     kind = _encoder_kind(cfg, run.dataset)
     n_train, n_val, n_test = _split_sizes(cfg, run.dataset)
@@ -322,7 +322,44 @@ def estimate_seconds(run: PlannedRun, state: str = "new") -> float:
         evaluation += n_train * (1 + views) * MLP_PROBE_VIEWS_SECONDS_PER_CODE * probe_width_factor(cfg)
     if not _has_decoder(cfg):
         evaluation += n_train * cfg.eval.decoder_probe_epochs * DECODER_PROBE_SECONDS_PER_IMAGE[kind]
-    return evaluation if state == "trained" else train + evaluation
+    return train, evaluation
+
+
+def estimate_seconds(run: PlannedRun, state: str = "new", epochs_done: int = 0) -> float:
+    """Rough wall time of what a run in ``state`` still needs on the reference 2-core CPU: the training epochs
+    it has not done (none once it is trained), then its evaluation."""
+    train, evaluation = estimate_parts(run)
+    if state == "trained":
+        return evaluation
+    epochs = max(1, run.config.train.epochs)
+    return train * max(0.0, 1.0 - min(epochs_done, epochs) / epochs) + evaluation
+
+
+def training_progress(run: PlannedRun) -> tuple[int, float]:
+    """(epochs done, seconds of training recorded) from the run's ``run_info.json``; (0, 0.0) for a new run or
+    an unreadable file."""
+    try:
+        info = read_json(run.run_dir / "run_info.json") if (run.run_dir / "run_info.json").is_file() else {}
+    except RunFileError:
+        return 0, 0.0
+    epochs, seconds = info.get("epochs_done"), info.get("train_seconds")
+    if not isinstance(epochs, int) or not isinstance(seconds, (int, float)) or epochs <= 0 or seconds <= 0:
+        return 0, 0.0
+    return epochs, float(seconds)
+
+
+def observed_pace(plan: list[PlannedRun]) -> tuple[float, float]:
+    """(seconds recorded, seconds the cost model gives for the same epochs) over the training already done in
+    the study folder, finished or not: how much slower (or faster) this machine trains than the reference
+    CPU. (0, 0) before any epoch."""
+    actual = predicted = 0.0
+    for run in plan:
+        epochs_done, seconds = training_progress(run)
+        if epochs_done:
+            train, _ = estimate_parts(run)
+            actual += seconds
+            predicted += train * min(epochs_done, max(1, run.config.train.epochs)) / max(1, run.config.train.epochs)
+    return (actual, predicted) if actual > 0 and predicted > 0 else (0.0, 0.0)
 
 
 def format_duration(seconds: float) -> str:
@@ -337,16 +374,19 @@ class Eta:
     """Remaining-time estimate: the cost model, rescaled by how long the runs done in this session took."""
 
     estimates: dict[str, float]
-    actual: float = 0.0
-    predicted: float = 0.0
+    actual: float = 0.0  # seconds taken ...
+    predicted: float = 0.0  # ... against the seconds the cost model gave for the same work
 
     def record(self, name: str, seconds: float) -> None:
         self.actual += seconds
         self.predicted += self.estimates[name]
 
     def remaining(self, pending: list[str]) -> float:
-        scale = self.actual / self.predicted if self.predicted > 0 and self.actual > 0 else 1.0
-        return scale * sum(self.estimates[n] for n in pending)
+        return self.pace() * sum(self.estimates[n] for n in pending)
+
+    def pace(self) -> float:
+        """Seconds taken per second the cost model gave (1.0 before anything is measured)."""
+        return self.actual / self.predicted if self.predicted > 0 and self.actual > 0 else 1.0
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -480,30 +520,36 @@ def _previous_sessions(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float], out: Path,
+def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], eta: Eta, out: Path,
              say: Callable[[str], None], dry_run: bool = False) -> None:
-    """The preset, the number of runs and the estimated cost, before anything starts."""
+    """The preset, the number of runs and the estimated cost, before anything starts: the cost model's, scaled
+    by the pace of the training already done in the folder where there is some."""
     todo = [r.name for r in plan if states[r.name] not in DONE_STATES]
     per_dataset = ", ".join(f"{DATASET_LABELS[d]}: {len(GRID[d])} models x "
                             f"{sum(1 for r in plan if r.dataset == d) // len(GRID[d])} seed(s)"
                             for d in dict.fromkeys(r.dataset for r in plan))
     say(f"latentbench reproduce: preset '{spec.name}' - {spec.description}")
     say(f"  {len(plan)} runs ({per_dataset}); {len(plan) - len(todo)} already done; study folder {out}")
-    say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(sum(estimates[n] for n in todo))} "
-        "on a 2-core CPU (refined as runs finish)")
+    model = sum(eta.estimates[n] for n in todo)
+    if eta.pace() != 1.0 and todo:
+        say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(eta.remaining(todo))} at the pace "
+            f"of the training done here so far ({eta.pace():.2g}x the reference 2-core CPU's time, which would "
+            f"take ~{format_duration(model)}; refined as runs finish)")
+    else:
+        say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(model)} on a 2-core CPU "
+            "(refined as runs finish)")
     if todo and not dry_run:
         say(f"  progress, from another terminal: latentbench status {out}")
 
 
-def describe_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float],
-                  say: Callable[[str], None]) -> None:
+def describe_plan(plan: list[PlannedRun], states: dict[str, str], eta: Eta, say: Callable[[str], None]) -> None:
     """One block per run for ``reproduce --dry-run``: what it would do next, about how long, and the
     stand-alone commands that do the same (to run the grid's cells as separate jobs on a cluster)."""
     next_step = {"new": "train, then evaluate", "interrupted": "resume training, then evaluate",
                  "trained": "evaluate", "evaluated": "nothing (done)", "diverged": "nothing (diverged; kept)"}
     for run in plan:
         state = states[run.name]
-        cost = "" if state in DONE_STATES else f", ~{format_duration(estimates[run.name])}"
+        cost = "" if state in DONE_STATES else f", ~{format_duration(eta.remaining([run.name]))}"
         say(f"  {run.name} [{state}]: {next_step.get(state, state)}{cost}")
         where = shlex.quote(str(run.run_dir))
         commands = {"new": run.command(), "trained": f"latentbench eval {where}",
@@ -577,7 +623,7 @@ class StudyRecord:
             "wall_seconds": round(sum(s["seconds"] for s in self.sessions) + session["seconds"], 1)})
 
 
-def run_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str, float], record: StudyRecord,
+def run_plan(plan: list[PlannedRun], states: dict[str, str], eta: Eta, record: StudyRecord,
              train_fn: Callable[..., Path], evaluate_fn: Callable[[Path, Any, EvalConfig], dict],
              say: Callable[[str], None]) -> list[str]:
     """Train and evaluate, in order, every run not done yet, saving ``study.json`` after each; returns the
@@ -586,7 +632,7 @@ def run_plan(plan: list[PlannedRun], states: dict[str, str], estimates: dict[str
     continues."""
     from latentbench.train import TrainingInterrupted
 
-    eta, cache = Eta(estimates), _SplitsCache()
+    cache = _SplitsCache()
     diverged = [name for name, state in states.items() if state == "diverged"]
     current = ""
     try:
@@ -640,17 +686,18 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     for run in plan:
         check_same_settings(run)
     states = {r.name: study_state(r) for r in plan}
-    estimates = {r.name: estimate_seconds(r, states[r.name]) for r in plan}
+    estimates = {r.name: estimate_seconds(r, states[r.name], training_progress(r)[0]) for r in plan}
+    eta = Eta(estimates, *observed_pace(plan))
     if dry_run:
-        announce(spec, plan, states, estimates, folder, say, dry_run=True)
-        describe_plan(plan, states, estimates, say)
+        announce(spec, plan, states, eta, folder, say, dry_run=True)
+        describe_plan(plan, states, eta, say)
         return folder
     check_writable(folder)
     command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
     record = StudyRecord(folder / "study.json", spec, plan, command)
-    announce(spec, plan, states, estimates, folder, say)
+    announce(spec, plan, states, eta, folder, say)
     record.save("running")
-    diverged = run_plan(plan, states, estimates, record, train_fn or _default_train,
+    diverged = run_plan(plan, states, eta, record, train_fn or _default_train,
                         evaluate_fn or _default_evaluate, say)
     record.save("finished" if not diverged else "finished with diverged runs")
     if report:
