@@ -10,7 +10,7 @@ import pytest
 
 from latentbench import study
 from latentbench.config import ConfigError, EvalConfig, RunConfig, load_config
-from latentbench.io import atomic_write_json
+from latentbench.io import RunFileError, atomic_write_json
 from latentbench.study import (GRID, PRESETS, config_differences, estimate_seconds, load_preset, parse_preset,
                                plan_study, recipe_path, reproduce, run_state)
 from latentbench.train import Trainer, TrainingInterrupted
@@ -385,6 +385,26 @@ def test_announce_gives_the_plan_its_cost_and_how_to_watch_it(tmp_path):
     study.announce(spec, plan, {r.name: "evaluated" for r in plan}, study.Eta({r.name: 0.0 for r in plan}),
                    tmp_path / "study", lines.append)
     assert len(lines) == 3 and f"{len(plan)} already done" in lines[1]  # nothing left to watch
+
+
+def test_a_second_study_on_a_busy_folder_is_refused_before_any_work(tmp_path):
+    from latentbench.io import run_directory_lock
+
+    out, calls = tmp_path / "study", Calls()
+    out.mkdir()
+    with run_directory_lock(out):  # as a running `latentbench reproduce` holds it
+        with pytest.raises(RunFileError, match="in use by process .*another latentbench reproduce.*another --out"):
+            quiet_reproduce(out, calls, datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+        assert calls.trained == [] and not (out / "study.json").exists()
+        lines: list[str] = []
+        run_dir = out / "runs" / f"mnist_{GRID['mnist'][0]}_s0"
+        run_dir.mkdir(parents=True)
+        with run_directory_lock(run_dir):  # and its trainer holds the run's
+            reproduce("smoke", out=out, datasets=["mnist"], log=lines.append, dry_run=True)
+        assert any(line.startswith("  this study is running now (process ") for line in lines)
+        assert any(line.startswith(f"  {run_dir.name} [training]: being trained now by process ") for line in lines)
+    quiet_reproduce(out, calls, datasets=["mnist"], seeds=1, extra_overrides=["train.max_steps=2"])
+    assert len(calls.trained) == len(GRID["mnist"]) and not (out / ".lock").exists()  # released at the end
 
 
 def _record_training(run, epochs_done: int, seconds: float) -> None:

@@ -214,11 +214,12 @@ def lock_holder(folder: Path) -> str | None:
 
 
 @contextmanager
-def run_directory_lock(folder: Path) -> Iterator[None]:
+def run_directory_lock(folder: Path, in_use: str | None = None) -> Iterator[None]:
     """Hold ``folder/.lock`` while the block runs, so that a second process cannot train into the same run
     directory (two writers would interleave its checkpoints and history). An advisory ``fcntl.flock``: the OS
     drops it when the process ends, however it ends, so a killed run leaves no stale lock. The file names its
-    holder for the error message and is removed on release; where ``fcntl`` is missing (Windows), no lock."""
+    holder for the error message and is removed on release; where ``fcntl`` is missing (Windows), no lock.
+    ``in_use`` replaces the error's advice when the folder is busy (``{holder}`` stands for the holder)."""
     if not LOCKS_WORK:
         yield
         return
@@ -229,6 +230,8 @@ def run_directory_lock(folder: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
+            if in_use:
+                raise RunFileError(in_use.format(holder=holder))
             raise RunFileError(f"run directory '{folder}' is in use by {holder}; wait for that run to end, or stop "
                                f"it (Ctrl-C saves 'last') and continue with 'latentbench train --resume {folder}'")
         try:  # the holder before us may have removed the file between our open and our lock: lock the new one

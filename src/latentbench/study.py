@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from latentbench.config import (ConfigError, EvalConfig, ModelConfig, RunConfig, apply_overrides, flatten,
                                from_dict, probe_hidden_width, probe_view_copies, read_toml)
-from latentbench.io import RunFileError, atomic_write_json, check_writable, read_json
+from latentbench.io import RunFileError, atomic_write_json, check_writable, lock_holder, read_json, run_directory_lock
 
 # The report's grid: dataset -> models, in the report's order. Each pair has the recipe <dataset>_<model>.toml.
 GRID: dict[str, tuple[str, ...]] = {
@@ -538,7 +538,10 @@ def announce(spec: Preset, plan: list[PlannedRun], states: dict[str, str], eta: 
     else:
         say(f"  estimated time for the remaining {len(todo)}: ~{format_duration(model)} on a 2-core CPU "
             "(refined as runs finish)")
-    if todo and not dry_run:
+    holder = lock_holder(out) if dry_run and out.is_dir() else None
+    if holder:
+        say(f"  this study is running now ({holder}); a second one on this folder would be refused")
+    if todo and (holder or not dry_run):
         say(f"  progress, from another terminal: latentbench status {out}")
 
 
@@ -550,6 +553,10 @@ def describe_plan(plan: list[PlannedRun], states: dict[str, str], eta: Eta, say:
     for run in plan:
         state = states[run.name]
         cost = "" if state in DONE_STATES else f", ~{format_duration(eta.remaining([run.name]))}"
+        holder = lock_holder(run.run_dir) if run.run_dir.is_dir() else None
+        if holder:
+            say(f"  {run.name} [training]: being trained now by {holder}{cost}")
+            continue
         say(f"  {run.name} [{state}]: {next_step.get(state, state)}{cost}")
         where = shlex.quote(str(run.run_dir))
         commands = {"new": run.command(), "trained": f"latentbench eval {where}",
@@ -694,17 +701,21 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
         return folder
     check_writable(folder)
     command = reproduce_command(preset, datasets, seeds, out, data_root, device, list(extra_overrides or []))
-    record = StudyRecord(folder / "study.json", spec, plan, command)
-    announce(spec, plan, states, eta, folder, say)
-    record.save("running")
-    diverged = run_plan(plan, states, eta, record, train_fn or _default_train,
-                        evaluate_fn or _default_evaluate, say)
-    record.save("finished" if not diverged else "finished with diverged runs")
-    if report:
-        from latentbench.report import build_report
+    busy = (f"the study folder '{folder}' is in use by {{holder}}, another latentbench reproduce: two studies "
+            "in one folder would train the same runs twice and stop each other; wait for it to end (latentbench "
+            f"status {folder}), or give this one another --out")
+    with run_directory_lock(folder, in_use=busy):
+        record = StudyRecord(folder / "study.json", spec, plan, command)
+        announce(spec, plan, states, eta, folder, say)
+        record.save("running")
+        diverged = run_plan(plan, states, eta, record, train_fn or _default_train,
+                            evaluate_fn or _default_evaluate, say)
+        record.save("finished" if not diverged else "finished with diverged runs")
+        if report:
+            from latentbench.report import build_report
 
-        html, md = build_report(folder)
-        say(f"report: {html} and {md}")
+            html, md = build_report(folder)
+            say(f"report: {html} and {md}")
     say(f"study {'finished' if not diverged else 'finished; diverged: ' + ', '.join(diverged)} in "
         f"{format_duration(time.time() - record.started)} (this session)")
     return folder
