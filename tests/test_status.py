@@ -17,7 +17,7 @@ from conftest import cli_args, wait_until
 
 from latentbench import cli
 from latentbench.io import atomic_write_json, lock_holder, run_directory_lock
-from latentbench.status import collect, find_runs, format_table, run_status
+from latentbench.status import collect, find_runs, find_studies, format_table, run_status, study_line
 
 def history_rows(run: Path) -> int:
     path = run / "history.csv"
@@ -182,3 +182,38 @@ def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert f"no run directories (folders holding config.json) under '{tmp_path}'" in err
     assert cli.main(["status", str(tmp_path / "missing")]) == 2
     assert f"'{tmp_path / 'missing'}' is not a folder" in " ".join(capsys.readouterr().err.split())
+
+
+def _evaluated(run: Path) -> Path:
+    atomic_write_json(run / "run_info.json", {"status": "finished", "epochs_done": 10, "train_seconds": 60.0})
+    (run / "figures").mkdir()
+    (run / "figures" / "tsne.png").write_bytes(b"png")
+    atomic_write_json(run / "metrics.json", {"metrics": {}, "figures": {"tsne": "figures/tsne.png"}})
+    return run
+
+
+def test_a_study_folder_gets_a_line_saying_how_far_it_is_and_how_to_go_on(tmp_path, capsys):
+    study = tmp_path / "study"
+    _evaluated(_fake_run(study / "runs" / "a", None))
+    _fake_run(study / "runs" / "b", "interrupted", checkpoint=True, history=2)
+    command = f"latentbench reproduce --preset smoke --out {study}"
+    atomic_write_json(study / "study.json", {"preset": "smoke", "command": command, "runs": [
+        {"name": n, "dir": f"runs/{n}"} for n in ("a", "b", "c")]})  # c: not started
+    assert find_studies([tmp_path]) == [study] and find_studies([study]) == [study]
+    assert study_line(study, collect([study])) == (f"study {study} (preset smoke): 1 of 3 runs done; not running; "
+                                                  f"continue with: {command}")
+    with run_directory_lock(study):  # as `latentbench reproduce` holds it while it works
+        line = study_line(study, collect([study]))
+        assert line.startswith(f"study {study} (preset smoke): 1 of 3 runs done; running now (process {os.getpid()}")
+        with run_directory_lock(study / "runs" / "b"):
+            assert ", 1 training; running now" in study_line(study, collect([study]))
+    _evaluated(study / "runs" / "b")
+    _evaluated(_fake_run(study / "runs" / "c", None))
+    assert study_line(study, collect([study])).endswith(f"3 of 3 runs done; finished; write its report with: "
+                                                        f"{command}")
+    (study / "report.html").write_text("<html>")
+    assert cli.main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f"study {study} (preset smoke): 3 of 3 runs done; finished; "
+                                                       f"report: {study / 'report.html'}")
+    (study / "study.json").write_text("{ damaged")  # never stops the listing
+    assert study_line(study, collect([study])) == f"study {study} (preset ?): 0 of 0 runs done; not running"

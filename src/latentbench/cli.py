@@ -145,10 +145,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from latentbench.status import as_json, collect, format_table
+    from latentbench.status import as_json, collect, find_studies, format_table, study_line
 
-    rows = collect([Path(f) for f in args.folders or ["runs"]])
-    print(as_json(rows) if args.json else format_table(rows))
+    folders = [Path(f) for f in args.folders or ["runs"]]
+    rows = collect(folders)
+    if args.json:
+        print(as_json(rows))
+        return 0
+    print(format_table(rows))
+    for study_folder in find_studies(folders):
+        print(study_line(study_folder, rows))
     return 0
 
 

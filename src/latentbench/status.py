@@ -5,7 +5,9 @@
 
 One row per run directory: its state, epochs done of its budget, the latest validation value of the
 statistic the run selects on, the best one and its epoch, the training time so far, and what to do next;
-for a run training now, which process holds it and about how long it has left at its recent pace.
+for a run training now, which process holds it and about how long it has left at its recent pace. Below the
+table, one line per study folder (``study.json``, written by ``latentbench reproduce``): how many of its
+runs are evaluated, whether the study is running now, and otherwise the command that continues it.
 
 The states are those :func:`latentbench.study.run_state` reads from the files (``new``, ``interrupted``,
 ``trained``, ``evaluated``, ``diverged``), refined by the run directory's lock (:mod:`latentbench.io`):
@@ -179,6 +181,49 @@ def collect(folders: list[Path]) -> list[RunStatus]:
         raise RunFileError(f"no run directories (folders holding config.json) under {where}; train into one "
                            "first, or name the folder your runs are in")
     return [run_status(d) for d in sorted(dirs)]
+
+
+STUDY_FILE = "study.json"
+
+
+def find_studies(folders: list[Path], depth: int = 2) -> list[Path]:
+    """Study folders (holding ``study.json``) among ``folders`` or up to ``depth`` levels below them."""
+    found: list[Path] = []
+    for folder in folders:
+        base = len(Path(folder).parts)
+        for root, subdirs, files in os.walk(folder):
+            if STUDY_FILE in files and Path(root) not in found:
+                found.append(Path(root))
+            if "config.json" in files or len(Path(root).parts) - base >= depth:
+                subdirs.clear()
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "runs")
+    return found
+
+
+def study_line(folder: Path, rows: list[RunStatus]) -> str:
+    """One line on the study in ``folder``: its runs evaluated of those planned, what is training, and
+    whether the study runs now (its folder's lock) or how to continue it."""
+    doc = _json_or_empty(folder / STUDY_FILE)
+    planned = [r for r in doc.get("runs", []) if isinstance(r, dict) and isinstance(r.get("dir"), str)]
+    by_path = {row.path.resolve(): row for row in rows}
+    states = [by_path[(folder / r["dir"]).resolve()].state if (folder / r["dir"]).resolve() in by_path else "new"
+              for r in planned]
+    done = sum(s in ("evaluated", "diverged") for s in states)
+    training = sum(s == "training" for s in states)
+    head = f"study {folder} (preset {doc.get('preset', '?')}): {done} of {len(planned)} runs done"
+    if training:
+        head += f", {training} training"
+    holder = lock_holder(folder)
+    command = doc.get("command")
+    if holder:
+        return f"{head}; running now ({holder})"
+    if done == len(planned) and planned:
+        report = folder / "report.html"
+        return f"{head}; finished" + (f"; report: {report}" if report.is_file() else
+                                      f"; write its report with: {command or 'latentbench report ' + str(folder)}")
+    if training:
+        return f"{head}; its study process holds no lock (an older latentbench, or a run trained by hand)"
+    return f"{head}; not running" + (f"; continue with: {command}" if command else "")
 
 
 def as_json(rows: list[RunStatus]) -> str:
