@@ -200,6 +200,7 @@ def test_a_study_folder_gets_a_line_saying_how_far_it_is_and_how_to_go_on(tmp_pa
     atomic_write_json(study / "study.json", {"preset": "smoke", "command": command, "runs": [
         {"name": n, "dir": f"runs/{n}"} for n in ("a", "b", "c")]})  # c: not started
     assert find_studies([tmp_path]) == [study] and find_studies([study]) == [study]
+    assert run_status(study / "runs" / "a").next == f"evaluated; compare with: latentbench report {study}"
     assert study_line(study, collect([study])) == (f"study {study} (preset smoke): 1 of 3 runs done; not running; "
                                                   f"continue with: {command}")
     with run_directory_lock(study):  # as `latentbench reproduce` holds it while it works

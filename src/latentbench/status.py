@@ -34,6 +34,7 @@ from latentbench.rundir import format_time_left, read_history, seconds_left
 
 COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
 SEARCH_DEPTH = 4  # run directories as deep as runs/<study>/runs/<run>
+STUDY_FILE = "study.json"  # what marks a study folder (latentbench reproduce's)
 
 
 def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
@@ -134,7 +135,9 @@ def next_step(state: str, run_dir: Path, info: dict[str, Any], holder: str | Non
         partly = "partly evaluated (no figures yet); complete" if (run_dir / "metrics.json").is_file() else "evaluate"
         return f"{info.get('stop_reason') or 'finished'}; {partly} with: latentbench eval {run_dir}"
     if state == "evaluated":
-        return f"evaluated; compare with: latentbench report {run_dir.parent}"
+        study = run_dir.parent.parent  # a study's runs live in STUDY/runs/: its report covers the whole study
+        folder = study if run_dir.parent.name == "runs" and (study / STUDY_FILE).is_file() else run_dir.parent
+        return f"evaluated; compare with: latentbench report {folder}"
     if state == "diverged":
         return str(info.get("stop_reason") or "diverged")
     return "no epoch finished yet"
@@ -181,9 +184,6 @@ def collect(folders: list[Path]) -> list[RunStatus]:
         raise RunFileError(f"no run directories (folders holding config.json) under {where}; train into one "
                            "first, or name the folder your runs are in")
     return [run_status(d) for d in sorted(dirs)]
-
-
-STUDY_FILE = "study.json"
 
 
 def find_studies(folders: list[Path], depth: int = 2) -> list[Path]:
