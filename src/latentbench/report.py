@@ -25,6 +25,7 @@ from latentbench.config import RUN_SETTINGS, flatten
 from latentbench.io import RunFileError, atomic_write_text, lock_holder, read_json
 from latentbench.render import Cell, Document, Table, render_html, render_markdown
 from latentbench.status import find_runs
+from latentbench.study import STUDY_FILE
 
 MODEL_ORDER = ("autoencoder", "autoencoder_skip", "denoising", "supervised", "contrastive")
 MODEL_LABELS = {
@@ -165,7 +166,7 @@ def load_study(folder: Path) -> Study:
     folder = Path(folder)
     if not folder.is_dir():
         raise RunFileError(f"'{folder}' is not a folder; give a study folder or a folder of run directories")
-    meta = _read_optional(folder / "study.json")
+    meta = _read_optional(folder / STUDY_FILE)
     entries = {Path(e["dir"]).name: e for e in meta.get("runs", [])}
     dirs = find_runs(folder, depth=2)  # a study's runs/<run>, or a plain folder of runs
     if not dirs:

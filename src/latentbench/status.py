@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from latentbench.io import LOCKS_WORK, RunFileError, lock_holder, read_json
-from latentbench.study import format_duration, run_state
+from latentbench.study import STUDY_FILE, format_duration, run_state
 from latentbench.rundir import format_time_left, read_history, seconds_left
 
 COLUMNS = ("run", "state", "epoch", "val", "best", "trained", "next")
 SEARCH_DEPTH = 4  # run directories as deep as runs/<study>/runs/<run>
-STUDY_FILE = "study.json"  # what marks a study folder (latentbench reproduce's)
 
 
 def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> list[Path]:

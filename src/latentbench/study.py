@@ -47,6 +47,7 @@ PRESETS = ("smoke", "quick", "paper")
 NEUTRAL_KEYS = {"data.root", "data.download", "train.device", "train.threads", "train.log_every", "out_dir",
                 "name", "train.amp", "train.compile"}
 DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
+STUDY_FILE = "study.json"  # the plan and its sessions; what marks a study folder
 
 # Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured
 # with one training thread while other jobs shared the machine (load ~4), float32, batch 128. A training
@@ -705,7 +706,7 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
             "in one folder would train the same runs twice and stop each other; wait for it to end (latentbench "
             f"status {folder}), or give this one another --out")
     with run_directory_lock(folder, in_use=busy):
-        record = StudyRecord(folder / "study.json", spec, plan, command)
+        record = StudyRecord(folder / STUDY_FILE, spec, plan, command)
         announce(spec, plan, states, eta, folder, say)
         record.save("running")
         diverged = run_plan(plan, states, eta, record, train_fn or _default_train,
