@@ -80,6 +80,7 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     (["model.skips=true", "objective.skips_from=0.9", "train.epochs=5"],
      "objective.skips_from = 0.9 leaves none of the 5 epochs with the skip maps"),
     ('model.conv_pool="max"', "model.conv_pool = 'max' is not one of: flatten, avg"),
+    ('model.conv_downsample="avgpool"', "model.conv_downsample = 'avgpool' is not one of: stride, maxpool"),
     ('objective.recon_from="code"', "objective.recon_from = 'code' is not one of: image, view"),
     ('objective.recon_from="view"', "objective.recon_from = 'view' chooses the code the contrastive"),
     (['objective.recon_from="view"', 'objective.name="contrastive"'],

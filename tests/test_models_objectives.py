@@ -65,6 +65,30 @@ def test_conv_pool_avg_maps_the_mean_of_the_last_map_to_z(strides):
     assert dec(z).shape == x.shape  # the decoder still starts from the whole last map
 
 
+@pytest.mark.parametrize("strides", [[1, 2, 2, 2], [1, 1, 2, 2], [1, 2, 1, 2]])
+@pytest.mark.parametrize("spec", [GRAY, RGB], ids=["gray28", "rgb32"])
+def test_maxpool_downsampling_halves_the_maps_as_strides_do(spec, strides):
+    strided, pooled = (build_encoder_decoder(spec, cfg_for("conv", "autoencoder", "model.skips=true",
+                                                           f"model.conv_strides={strides}",
+                                                           f'model.conv_downsample="{how}"').model)
+                       for how in ("stride", "maxpool"))
+    x, _ = batch(spec)
+    (z_s, maps_s), (z_p, maps_p) = strided[0].features(x), pooled[0].features(x)
+    assert [m.shape for m in maps_p] == [m.shape for m in maps_s] and z_p.shape == z_s.shape
+    assert pooled[1](z_p, maps_p).shape == x.shape  # the decoder and its skips fit as before
+    encoder = pooled[0].eval()
+    h = encoder.normalize(x)
+    for block, stride in zip(encoder.blocks, strides):  # conv at the full side, 2x2 max, then BN and ReLU
+        conv, bn = block[0], block[-2]
+        assert conv.stride == (1, 1)
+        y = conv(h)
+        if stride == 2:
+            y = torch.nn.functional.max_pool2d(y, 2, ceil_mode=True)
+        h_next = torch.relu(bn(y))
+        torch.testing.assert_close(block(h), h_next)
+        h = h_next
+
+
 def test_skip_decoder_uses_encoder_maps():
     cfg = cfg_for("conv", "autoencoder", "model.skips=true")
     enc, dec = build_encoder_decoder(RGB, cfg.model)

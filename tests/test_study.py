@@ -302,6 +302,8 @@ def test_a_key_added_later_counts_as_its_default_in_an_older_run():
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_strides": [1, 1, 2, 2]}),
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_strides": [1, 2, 1, 2]}),
     ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_pool": "avg"}),
+    ("conv", 3, 32, {"conv_widths": [8, 16, 24, 40], "conv_downsample": "maxpool"}),
+    ("conv", 3, 28, {"conv_widths": [8, 16, 24, 40], "conv_downsample": "maxpool", "conv_strides": [1, 2, 1, 2]}),
 ])
 def test_model_macs_match_torchs_flop_counter_on_the_built_models(kind, channels, size, widths):
     import dataclasses

@@ -55,6 +55,9 @@ class ModelConfig:
     # the last map to z: flatten (the report's: every position its own weights) | avg (global average pool
     # first, as ResNets do: position-free, widths[-1] inputs to the linear)
     conv_pool: str = "flatten"
+    # how a stride-2 block halves the map: stride (the 3x3 conv strides by 2) | maxpool (the conv keeps the
+    # side, a 2x2 max pool halves it before BatchNorm: 4x the block's multiply-accumulates)
+    conv_downsample: str = "stride"
     skips: bool = False  # decoder receives encoder feature maps (the report's 'autoencoder (skip)')
     classifier_hidden: int = 64  # report: 128-64-ReLU-Dropout-10
     classifier_dropout: float = 0.2
@@ -235,6 +238,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_from": ("image", "view"),
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "model.conv_pool": ("flatten", "avg"),
+    "model.conv_downsample": ("stride", "maxpool"),
     "train.schedule": ("constant", "cosine", "onecycle"),
     "train.optimizer": ("adam", "sgd"),
     "train.amp": ("auto", "off", "bf16", "fp16"),

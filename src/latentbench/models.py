@@ -89,12 +89,16 @@ class MLPDecoder(nn.Module):
         return torch.sigmoid(self.logits(z, skips))
 
 
-def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
+def _conv_block(c_in: int, c_out: int, stride: int, downsample: str = "stride") -> nn.Sequential:
+    """3x3 conv + BatchNorm + ReLU. A stride-2 block halves the side (rounding up) by striding the conv, or
+    with ``downsample="maxpool"`` by a 2x2 max pool after a conv at the full side (pooled before the
+    BatchNorm, as in airbench: the normalisation then runs on the smaller map)."""
+    if stride == 1 or downsample == "stride":
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                             nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                         nn.MaxPool2d(stride, ceil_mode=True),  # ceil: 7 -> 4, as a strided conv gives
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 def _conv_out_side(side: int, strides: list[int]) -> int:
@@ -105,16 +109,18 @@ def _conv_out_side(side: int, strides: list[int]) -> int:
 
 
 class ConvEncoder(Encoder):
-    """Four 3x3 conv + BN + ReLU blocks with the given widths and strides, then a linear map to ``z`` from the
-    last map flattened (``pool="flatten"``) or averaged over its positions (``pool="avg"``)."""
+    """Four 3x3 conv + BN + ReLU blocks with the given widths and strides (strided convs, or max pools with
+    ``downsample="maxpool"``), then a linear map to ``z`` from the last map flattened (``pool="flatten"``)
+    or averaged over its positions (``pool="avg"``)."""
 
     def __init__(self, spec: DatasetSpec, widths: list[int], latent_dim: int, strides: list[int],
-                 pool: str = "flatten"):
+                 pool: str = "flatten", downsample: str = "stride"):
         super().__init__()
         self.latent_dim = latent_dim
         self.normalize = Normalize(spec.mean, spec.std)
         chans = [spec.channels, *widths]
-        self.blocks = nn.ModuleList(_conv_block(a, b, s) for a, b, s in zip(chans[:-1], chans[1:], strides))
+        self.blocks = nn.ModuleList(_conv_block(a, b, s, downsample)
+                                    for a, b, s in zip(chans[:-1], chans[1:], strides))
         self.side = (_conv_out_side(spec.height, strides), _conv_out_side(spec.width, strides))
         self.pool = pool
         positions = 1 if pool == "avg" else self.side[0] * self.side[1]
@@ -214,7 +220,7 @@ def build_mlp(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
 
 @register("encoder", "conv")
 def build_conv(spec: DatasetSpec, cfg: ModelConfig) -> tuple[Encoder, nn.Module]:
-    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.conv_strides, cfg.conv_pool),
+    return (ConvEncoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.conv_strides, cfg.conv_pool, cfg.conv_downsample),
             ConvDecoder(spec, cfg.conv_widths, cfg.latent_dim, cfg.skips, cfg.conv_strides))
 
 

@@ -270,8 +270,9 @@ def model_macs(model: ModelConfig, kind: str, channels: int, size: int) -> tuple
                 _mlp_macs([model.latent_dim, *decoder_hidden, pixels]))
     chans, side, encoder = [channels, *model.conv_widths], size, 0
     for c_in, c_out, stride in zip(chans[:-1], chans[1:], model.conv_strides):
+        conv_side = side if model.conv_downsample == "maxpool" else (side - 1) // stride + 1
         side = (side - 1) // stride + 1
-        encoder += side * side * c_in * c_out * 9
+        encoder += conv_side * conv_side * c_in * c_out * 9  # the max pool's comparisons are not counted
     positions = 1 if model.conv_pool == "avg" else side * side  # the average's additions are not counted
     to_latent = positions * model.conv_widths[-1] * model.latent_dim
     decoder = side * side * model.latent_dim * model.conv_widths[-1]  # z to the last map: every position
