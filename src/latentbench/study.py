@@ -373,7 +373,8 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class Eta:
-    """Remaining-time estimate: the cost model, rescaled by how long the runs done in this session took."""
+    """Remaining-time estimate: the cost model, rescaled by how long the work measured so far took (the
+    training already in the study folder, see :func:`observed_pace`, then each run this session finishes)."""
 
     estimates: dict[str, float]
     actual: float = 0.0  # seconds taken ...
