@@ -419,20 +419,23 @@ def test_the_estimate_follows_the_pace_of_the_training_already_done_in_the_folde
     """A study resumed on a machine 2.5x slower than the reference says so and scales what is left."""
     spec = load_preset("paper")
     plan = study.plan_study(spec, tmp_path / "study", ["cifar10"], 1, [])
-    assert study.observed_pace(plan) == (0.0, 0.0)
+    def pace():
+        return study.observed_pace(plan, {r.name: study.training_progress(r) for r in plan})
+
+    assert pace() == (0.0, 0.0)
     first, second = plan[0], plan[1]
     epochs = first.config.train.epochs
     _record_training(first, epochs, 2.5 * study.estimate_parts(first)[0])  # all its epochs, 2.5x the model
     _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)  # half of them
-    actual, predicted = study.observed_pace(plan)
+    actual, predicted = pace()
     assert actual / predicted == pytest.approx(2.5)
     (second.run_dir / "run_info.json").write_text("{ damaged")  # unreadable: left out, not an error
-    assert study.observed_pace(plan)[0] / study.observed_pace(plan)[1] == pytest.approx(2.5)
+    assert pace()[0] / pace()[1] == pytest.approx(2.5)
     _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)
 
     states = {r.name: "new" for r in plan} | {first.name: "trained", second.name: "interrupted"}
     estimates = {r.name: estimate_seconds(r, states[r.name], study.training_progress(r)[0]) for r in plan}
-    eta = study.Eta(estimates, *study.observed_pace(plan))
+    eta = study.Eta(estimates, *pace())
     lines: list[str] = []
     study.announce(spec, plan, states, eta, tmp_path / "study", lines.append, dry_run=True)
     model = sum(estimates.values())

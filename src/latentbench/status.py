@@ -204,9 +204,8 @@ def study_line(folder: Path, rows: list[RunStatus]) -> str:
     whether the study runs now (its folder's lock) or how to continue it."""
     doc = _json_or_empty(folder / STUDY_FILE)
     planned = [r for r in doc.get("runs", []) if isinstance(r, dict) and isinstance(r.get("dir"), str)]
-    by_path = {row.path.resolve(): row for row in rows}
-    states = [by_path[(folder / r["dir"]).resolve()].state if (folder / r["dir"]).resolve() in by_path else "new"
-              for r in planned]
+    by_path = {row.path.resolve(): row.state for row in rows}
+    states = [by_path.get((folder / r["dir"]).resolve(), "new") for r in planned]
     done = sum(s in ("evaluated", "diverged") for s in states)
     training = sum(s == "training" for s in states)
     head = f"study {folder} (preset {doc.get('preset', '?')}): {done} of {len(planned)} runs done"

@@ -350,17 +350,17 @@ def training_progress(run: PlannedRun) -> tuple[int, float]:
     return epochs, float(seconds)
 
 
-def observed_pace(plan: list[PlannedRun]) -> tuple[float, float]:
+def observed_pace(plan: list[PlannedRun], progress: dict[str, tuple[int, float]]) -> tuple[float, float]:
     """(seconds recorded, seconds the cost model gives for the same epochs) over the training already done in
-    the study folder, finished or not: how much slower (or faster) this machine trains than the reference
-    CPU. (0, 0) before any epoch."""
+    the study folder (``progress``: run name -> :func:`training_progress`), finished or not: how much slower
+    (or faster) this machine trains than the reference CPU. (0, 0) before any epoch."""
     actual = predicted = 0.0
     for run in plan:
-        epochs_done, seconds = training_progress(run)
+        epochs_done, seconds = progress[run.name]
         if epochs_done:
-            train, _ = estimate_parts(run)
+            epochs = max(1, run.config.train.epochs)
             actual += seconds
-            predicted += train * min(epochs_done, max(1, run.config.train.epochs)) / max(1, run.config.train.epochs)
+            predicted += estimate_parts(run)[0] * min(epochs_done, epochs) / epochs
     return (actual, predicted) if actual > 0 and predicted > 0 else (0.0, 0.0)
 
 
@@ -696,8 +696,9 @@ def reproduce(preset: str = "quick", datasets: list[str] | None = None, seeds: i
     for run in plan:
         check_same_settings(run)
     states = {r.name: study_state(r) for r in plan}
-    estimates = {r.name: estimate_seconds(r, states[r.name], training_progress(r)[0]) for r in plan}
-    eta = Eta(estimates, *observed_pace(plan))
+    progress = {r.name: training_progress(r) for r in plan}
+    estimates = {r.name: estimate_seconds(r, states[r.name], progress[r.name][0]) for r in plan}
+    eta = Eta(estimates, *observed_pace(plan, progress))
     if dry_run:
         announce(spec, plan, states, eta, folder, say, dry_run=True)
         describe_plan(plan, states, eta, say)
