@@ -200,8 +200,8 @@ def find_studies(folders: list[Path], depth: int = 2) -> list[Path]:
 
 
 def study_line(folder: Path, rows: list[RunStatus]) -> str:
-    """One line on the study in ``folder``: its runs evaluated of those planned, what is training, and
-    whether the study runs now (its folder's lock) or how to continue it."""
+    """One line on the study in ``folder``: its runs done (evaluated or diverged) of those planned, what is
+    training, and whether the study runs now (its folder's lock) or how to continue it."""
     doc = _json_or_empty(folder / STUDY_FILE)
     planned = [r for r in doc.get("runs", []) if isinstance(r, dict) and isinstance(r.get("dir"), str)]
     by_path = {row.path.resolve(): row.state for row in rows}
