@@ -153,6 +153,31 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(tiny, tmp_path, monkeypatch, caps
     assert_identical_runs(whole, run)
 
 
+def test_a_resumed_epoch_records_its_whole_time(tiny, tmp_path, monkeypatch, python_sigint_handler):
+    """history.csv's ``seconds`` for an epoch interrupted and resumed counts both parts: the checkpoint carries
+    the epoch's seconds so far (here made 1,000 s longer, as a long first part would be), so the row and the
+    time-left estimate built on it see the epoch's real pace, not just the part after the resume."""
+    run = tmp_path / "split"
+    interrupt_at(monkeypatch, [6], how="sigint")  # the 2nd of 5 steps in epoch 2
+    with pytest.raises(TrainingInterrupted):
+        train(small(tiny, "supervised", "conv", 3), run)
+    monkeypatch.undo()
+    saved = safe_torch_load(run / "checkpoints/last.pt")
+    first_epoch = saved["history"][0]["seconds"]
+    assert 0 < saved["epoch_seconds"] <= saved["elapsed"] - first_epoch + 1e-3
+    saved["epoch_seconds"] += 1000.0
+    saved["elapsed"] += 1000.0
+    atomic_torch_save(run / "checkpoints/last.pt", saved)
+    train(small(tiny, "supervised", "conv", 3), run, resume=True)
+    with open(run / "history.csv", newline="") as handle:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
+    assert seconds[0] == pytest.approx(first_epoch, abs=1e-3)  # finished before the interruption: unchanged
+    assert saved["epoch_seconds"] <= seconds[1] < 1060.0  # both parts of epoch 2 (1,000 s + the first part)
+    assert seconds[2] < 60.0  # a whole epoch after the resume: nothing carried into it
+    ended = safe_torch_load(run / "checkpoints/last.pt")
+    assert ended["epoch_seconds"] == 0.0 and ended["elapsed"] == pytest.approx(sum(seconds), abs=0.05)
+
+
 class Killed(BaseException):
     """Ends a run the way SIGKILL does: no handler runs, nothing more is saved, run_info.json says running."""
 

@@ -264,6 +264,7 @@ class Trainer:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss
         self._saved_at = time.monotonic()  # when ``last`` was last written (train.save_every_minutes)
         self._epoch_start: float | None = None  # perf_counter at the start of the epoch not yet in ``elapsed``
+        self._epoch_carried = 0.0  # seconds the epoch in flight ran before an interruption (its history row's)
 
     # -- setup -------------------------------------------------------------------------------------
     def _wrap(self, objective: Objective) -> nn.Module:
@@ -320,6 +321,7 @@ class Trainer:
             "history": self.history,
             "step_log": self.step_log,
             "elapsed": self.elapsed + self._unbooked_seconds(),
+            "epoch_seconds": self._epoch_carried + self._unbooked_seconds(),  # 0 between epochs
             "config": self.cfg.to_dict(),
             "dataset": self.spec.to_dict(),
         }
@@ -380,6 +382,7 @@ class Trainer:
             self.history = list(state["history"])
             self.step_log = list(state.get("step_log", []))
             self.elapsed = float(state.get("elapsed", 0.0))
+            self._epoch_carried = float(state.get("epoch_seconds", 0.0)) if self.batch_in_epoch else 0.0
             set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise RunFileError(f"'{path}' is damaged or from an incompatible version ({type(err).__name__}: "
@@ -525,19 +528,27 @@ class Trainer:
                     try:
                         train_stats = self.train_epoch(progress)
                     except KeyboardInterrupt:
-                        self.elapsed += time.perf_counter() - start
-                        self._epoch_start = None
+                        self._book_epoch_seconds(start)
                         raise self._save_interrupted() from None
                 val_stats = self.validate()
-                seconds = time.perf_counter() - start
-                self.elapsed += seconds
-                self._epoch_start = None
+                seconds = self._book_epoch_seconds(start)
+                self._epoch_carried = 0.0
                 self._end_epoch(train_stats, val_stats, seconds)
                 reason = self._stop_reason()
                 if reason is None and self._stop_agreed(now=True):  # a stop during validation: 'last' is saved
                     raise self._interrupted(f"after epoch {self.epoch}; saved '{self.paths.last}'. "
                                             f"Continue with: latentbench train --resume {self.paths.root}")
         return reason
+
+    def _book_epoch_seconds(self, start: float) -> float:
+        """Move the seconds since ``start`` into ``elapsed`` and into the epoch's own count; return the epoch's
+        seconds so far, including those it ran before an interruption (a resumed epoch's row is then its whole
+        time, not the part after the resume, and the time-left estimate stays right)."""
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        self._epoch_carried += seconds
+        self._epoch_start = None
+        return self._epoch_carried
 
     def _save_interrupted(self) -> TrainingInterrupted:
         """Ctrl-C inside an epoch: save ``last`` mid-epoch when it came between two steps.
