@@ -332,7 +332,7 @@ def test_the_estimate_scales_with_the_model_width(tmp_path):
     wide = study.plan_study(load_preset("paper"), tmp_path, ["cifar10"], None,
                             ["model.conv_widths=[64,128,256,512]"])
     for a, b in zip(narrow, wide):
-        ratio = study.compute_scale(b.config, "cifar10")
+        ratio = study.compute_scale(b.config, "cifar10") / study.compute_scale(a.config, "cifar10")
         assert 3.0 < ratio < 4.5  # twice the channels: about four times the multiply-accumulates
         assert estimate_seconds(b) > 1.5 * estimate_seconds(a)  # evaluation's probes and t-SNE do not scale
 
