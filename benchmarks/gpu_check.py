@@ -13,8 +13,8 @@ finished always comes back (a capped training run gets Ctrl-C, saves its history
   env              the GPU, PyTorch and CUDA versions
   smoke            20 steps of the supervised recipe: the CUDA path (autocast, channels_last, fused
                    optimizer, on-device data and augmentation) runs end to end
-  supervised_wide  configs/cifar10_supervised.toml at widths 96-192-384-768, 80 epochs (issue 8: the one
-                   run that would settle the supervised row, ~7 h on a 2-core Zen 3 host)
+  supervised_wide  configs/cifar10_supervised.toml (max pools) at twice its widths, 64-128-256-512, 80
+                   epochs (issue 8: whether width still pays; ~4x the recipe's ~3.2 h on a 2-core Zen 3 host)
   supervised_eval  its end-to-end accuracy (plain and flip test-time augmentation)
   throughput       benchmarks/throughput.py --device cuda --quick (issue 5: images/second on a GPU)
   contrastive_wide configs/cifar10_contrastive.toml at widths 64-128-256-512 (issue 8: the contrastive
@@ -90,7 +90,7 @@ def plan(runs: Path, smoke: bool) -> list[Stage]:
         Stage("smoke", train("smoke", "configs/cifar10_supervised.toml",
                              ["train.epochs=1", "train.max_steps=20"] + short[2:]), cap_s=120),
         Stage("supervised_wide", train("supervised_wide", "configs/cifar10_supervised.toml",
-                                       ["model.conv_widths=[96,192,384,768]"] + short), cap_s=270, min_s=120),
+                                       ["model.conv_widths=[64,128,256,512]"] + short), cap_s=270, min_s=120),
         Stage("supervised_eval", evaluate("supervised_wide", "e2e,e2e_flip"), cap_s=60),
         Stage("throughput", throughput + (["--help"] if smoke else
                                           ["--device", "cuda", "--quick", "--no-tsne", "--no-memory",

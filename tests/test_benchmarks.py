@@ -57,7 +57,8 @@ def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_the
         config = json.load(tar.extractfile("supervised_wide/config.json"))
     assert {"supervised_wide/history.csv", "supervised_wide/run_info.json"} <= names
     assert not any(name.endswith(".pt") for name in names)  # checkpoints stay behind
-    assert config["model"]["conv_widths"] == [96, 192, 384, 768]
+    assert config["model"]["conv_widths"] == [64, 128, 256, 512]  # twice the recipe's widths, with its max pools
+    assert config["model"]["conv_downsample"] == "maxpool"
     assert "e2e" in json.dumps(metrics)
 
 
