@@ -15,7 +15,7 @@ from latentbench import embed, metrics, probes
 from latentbench.data import ImageData
 from latentbench.evaluate import (DECODER_PROBE_FILE, EMBEDDINGS_FILE, FIGURES, METRICS_FILE, STATE_FILE,
                                   choose_samples, evaluate, evaluate_run, group_e2e_flip, load_run, metric_groups,
-                                  mirrored_codes, probe_view_codes, probe_view_copies, probe_view_kind)
+                                  mirrored_codes, probe_view_codes, probe_view_copies, probe_view_kind, stage_line)
 from latentbench.io import RunFileError, safe_torch_load
 from latentbench.train import train
 
@@ -121,6 +121,28 @@ def test_only_runs_the_named_stages_keeps_the_others_and_refuses_unknown_names(a
     capsys.readouterr()
     assert main(["eval", str(ae_run), "--only", "tsne"]) != 0
     assert "figures" in capsys.readouterr().err
+
+
+def test_blind_eval_prints_no_test_number_but_writes_them(ae_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(ae_run), "--force", "--blind", "--only", "knn,probe_linear,reconstruction"]) == 0
+    said = capsys.readouterr().out
+    assert "knn_val_acc=" in said and "probe_linear_val_acc=" in said and "recon_val_mae=" in said
+    assert "_test_" not in said and "test number(s) withheld" in said
+    written = json.loads((ae_run / METRICS_FILE).read_text())["metrics"]
+    assert {"knn_test_acc", "probe_linear_test_acc", "recon_test_mae", "recon_test_psnr"} <= set(written)
+    assert main(["eval", str(ae_run), "--force", "--only", "knn"]) == 0  # not blind: the test number is shown
+    assert f"knn_test_acc={written['knn_test_acc']:.4f}" in capsys.readouterr().out
+
+
+def test_stage_line_withholds_only_test_keys():
+    scores = {"knn_val_acc": 0.5, "knn_test_acc": 0.25, "pixel_knn_test_acc": 0.125}
+    assert stage_line("knn", ["knn_val_acc", "knn_test_acc"], scores, 1.0, blind=False) == \
+        "knn: knn_val_acc=0.5000, knn_test_acc=0.2500 (1.0s)"
+    assert stage_line("knn", ["knn_val_acc", "knn_test_acc"], scores, 1.0, blind=True) == \
+        "knn: knn_val_acc=0.5000 (1.0s; 1 test number(s) withheld)"
+    assert stage_line("baselines", ["pixel_knn_test_acc"], scores, 2.0, blind=True) == \
+        "baselines: no validation number (2.0s; 1 test number(s) withheld)"
 
 
 def test_eval_rejects_training_overrides_and_missing_checkpoint(ae_run, tmp_path):

@@ -4,7 +4,7 @@
     latentbench check-data --dataset cifar10 --data-root ../shared/data
     latentbench train configs/mnist_supervised.toml [--set train.epochs=5] [--data-root DIR] [--out DIR]
     latentbench train --resume runs/mnist_supervised_s0
-    latentbench eval runs/mnist_supervised_s0 [--force] [--only e2e,e2e_flip]
+    latentbench eval runs/mnist_supervised_s0 [--force] [--only e2e,e2e_flip] [--blind]
     latentbench report runs/            (or a study folder)
     latentbench reproduce [--preset quick|paper|smoke] [--datasets mnist,cifar10] [--seeds N] [--out DIR]
     latentbench status [FOLDER ...]     (what each run under runs/ or FOLDER is doing)
@@ -122,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from latentbench.evaluate import evaluate_run
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
-    evaluate_run(Path(args.run_dir), force=args.force, overrides=list(args.set or []), only=only)
+    evaluate_run(Path(args.run_dir), force=args.force, overrides=list(args.set or []), only=only, blind=args.blind)
     return 0
 
 
@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="STAGES",
                    help="comma-separated stages to run, e.g. e2e,e2e_flip or probe_linear,figures (the other "
                         "results in the run directory are kept; an unknown name lists the run's stages)")
+    p.add_argument("--blind", action="store_true",
+                   help="print validation numbers only, to choose a recipe without seeing the test split (the "
+                        "test numbers are still written to metrics.json for the final report)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("report", help="build report.html and report.md from run directories")

@@ -531,18 +531,19 @@ def unfinished_note(run_dir: Path, checkpoint: Path) -> str:
 
 
 def evaluate_run(run_dir: Path, force: bool = False, overrides: list[str] | None = None,
-                 only: list[str] | None = None) -> dict[str, Any]:
+                 only: list[str] | None = None, blind: bool = False) -> dict[str, Any]:
     """Evaluate a trained run directory; write metrics.json, figures/ and caches into it; return metrics.json.
 
     ``only``: the stages to run (metric group names of :func:`metric_groups`, and ``figures``); the other
     results already in the run directory are kept, and ``force`` then recomputes just these stages.
+    ``blind``: the progress lines leave out the test split's numbers (see :func:`stage_line`).
     """
     run = load_run(Path(run_dir), overrides)
     note = unfinished_note(run.paths.root, run.checkpoint)
     if note:
         say(run, note)
     try:
-        return evaluate(run, force, only)
+        return evaluate(run, force, only, blind)
     finally:
         hostmem.release_free_memory()  # the batches' memory, kept in the heap while they ran
 
@@ -562,7 +563,23 @@ def check_only(run: EvalRun, only: list[str]) -> None:
                          f"{run.splits.spec.channels} channel(s)); its stages are: {', '.join(known)}")
 
 
-def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -> dict[str, Any]:
+def is_test_key(key: str) -> bool:
+    """Whether a metric is measured on the test split (``knn_test_acc``, ``recon_test_mse``, ...)."""
+    return "_test_" in key
+
+
+def stage_line(stage: str, keys: list[str], metrics: dict[str, float], seconds: float, blind: bool) -> str:
+    """The progress line of one metric group. ``blind`` withholds the test numbers, for choosing a recipe on the
+    validation split without seeing the test split; they are still computed and written to metrics.json."""
+    shown = [k for k in keys if not (blind and is_test_key(k))]
+    withheld = len(keys) - len(shown)
+    text = ", ".join(f"{k}={metrics[k]:.4f}" for k in shown) or "no validation number"
+    note = f"; {withheld} test number(s) withheld" if withheld else ""
+    return f"{stage}: {text} ({seconds:.1f}s{note})"
+
+
+def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None,
+             blind: bool = False) -> dict[str, Any]:
     """:func:`evaluate_run` on an already loaded run (tests use this to inspect the encoder afterwards)."""
     if only is not None:
         check_only(run, only)
@@ -587,8 +604,7 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None) -
             continue
         start = time.perf_counter()
         results.add(stage, fn(run, emb, samples), time.perf_counter() - start)
-        say(run, f"{stage}: " + ", ".join(f"{k}={results.metrics[k]:.4f}" for k in keys)
-             + f" ({results.seconds[stage]:.1f}s)")
+        say(run, stage_line(stage, keys, results.metrics, results.seconds[stage], blind))
     if only is None or "figures" in only:
         state["figures"].update(_figures(run, emb, samples, results, fresh))
     elif stale:
