@@ -103,6 +103,7 @@ def test_only_runs_the_named_stages_keeps_the_others_and_refuses_unknown_names(a
     assert main(["eval", str(ae_run), "--force", "--only", "knn, probe_linear"]) == 0
     said = capsys.readouterr().out
     assert "knn:" in said and "probe_linear:" in said and "probe_mlp:" not in said and "t-SNE" not in said
+    assert "embeddings: cached" in said  # --force with --only recomputes the stages, not the codes they read
     after = json.loads((ae_run / METRICS_FILE).read_text())
     assert after["metrics"] == before["metrics"]  # seeded: the same numbers, and every other key kept
     assert {rel: (ae_run / rel).stat().st_mtime_ns for rel in FIGURES.values()} == figures

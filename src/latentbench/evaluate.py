@@ -598,7 +598,7 @@ def evaluate(run: EvalRun, force: bool = False, only: list[str] | None = None,
     state = {"checkpoint": run.checkpoint_id, "checkpoint_file": run.checkpoint.name,
              "eval": dataclasses.asdict(run.ev), "samples": samples, "figures": notes}
     atomic_write_json(state_path, state)
-    emb = _embeddings(run, force, results)
+    emb = _embeddings(run, force and only is None, results)  # --only --force: those stages, not the codes
     for stage, keys, fn in metric_groups(run):
         if (only is not None and stage not in only) or (not fresh and results.has(keys)):
             continue
