@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated stages to run, e.g. e2e,e2e_flip or probe_linear,figures (the other "
                         "results in the run directory are kept; an unknown name lists the run's stages)")
     p.add_argument("--blind", action="store_true",
-                   help="print validation numbers only, to choose a recipe without seeing the test split (the "
-                        "test numbers are still written to metrics.json for the final report)")
+                   help="leave the test split's numbers (*_test_* metrics) out of the progress lines, to choose a "
+                        "recipe without seeing them (they are still written to metrics.json for the final report)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("report", help="build report.html and report.md from run directories")
