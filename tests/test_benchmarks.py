@@ -41,6 +41,21 @@ def test_subpixel_rewrites_equal_the_transposed_convolution(variant, c_in, c_out
         torch.testing.assert_close(g, e)
 
 
+def test_throughput_report_models_are_the_reports_encoders_whatever_the_recipes_say():
+    throughput = _load("throughput")
+    report = throughput.parse_args([])
+    recipe = throughput.parse_args(["--models", "recipe"])
+    for case in throughput.CASES:
+        model = throughput.make_config(case, report.set).model
+        assert model.latent_dim == 128
+        if case.startswith("mnist"):
+            assert list(model.mlp_hidden) == [256, 128]
+        else:
+            assert (list(model.conv_widths), model.conv_downsample) == ([32, 64, 128, 256], "stride")
+    # the recipes' own encoders differ (max pools since sessions 33-34): the pin above is what keeps them apart
+    assert throughput.make_config("cifar10_supervised", recipe.set).model.conv_downsample == "maxpool"
+
+
 def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_their_files(tmp_path):
     """The prepared GPU check on synthetic data, on the CPU: every command of the plan it would run on a GPU
     (config keys, run names, evaluation stages) works, and the run files come back in one archive."""
