@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ import latentbench.io
 from latentbench import cli
 from latentbench.config import ConfigError
 from latentbench.io import RunFileError, atomic_write_text, run_directory_lock, safe_torch_load
-from latentbench.train import TrainingDiverged, train
+from latentbench.rundir import RunPaths
+from latentbench.train import Trainer, TrainingDiverged, TrainingInterrupted, train
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str]:
@@ -362,13 +364,35 @@ def test_sigterm_saves_last_at_a_step_boundary_and_exits_143(tmp_path, capsys):
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "SIGTERM: finishing this step and saving 'last'" in err
-    assert "stopped by SIGTERM at epoch" in err and f"latentbench train --resume {run}" in err
+    # between two steps ("at epoch E, step S") or, when the signal lands while the epoch is being closed
+    # (history.csv, which the wait above watches, is written then), after its validation ("after epoch E")
+    assert re.search(r"stopped by SIGTERM (at|after) epoch \d+", err) and f"latentbench train --resume {run}" in err
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "interrupted" and "SIGTERM" in info["stop_reason"]
     saved = safe_torch_load(run / "checkpoints" / "last.pt")
     epoch = saved["epoch"] + 1
     assert cli.main(["train", "--resume", str(run), "--set", f"train.epochs={epoch}"]) == 0
     assert safe_torch_load(run / "checkpoints" / "last.pt")["epoch"] == epoch
+
+
+def test_sigterm_during_validation_stops_after_the_epoch_with_last_saved(tiny, tmp_path, monkeypatch,
+                                                                        default_sigterm):
+    """The other step boundary the subprocess test above can hit: the signal lands while the epoch is being
+    closed (validation), so the run stops "after epoch E" with that whole epoch in 'last'."""
+    trainer = Trainer(tiny("supervised", extra=["train.epochs=5"]), RunPaths(tmp_path / "run"))
+    validate = trainer.validate
+
+    def validate_then_signal():
+        stats = validate()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the trainer's handler, for the whole fit
+        os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    monkeypatch.setattr(trainer, "validate", validate_then_signal)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after epoch 1; saved") as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert safe_torch_load(trainer.paths.last)["epoch"] == 1
 
 
 @pytest.fixture
