@@ -8,7 +8,7 @@ Here, to check the script itself on synthetic data in seconds (tests/test_benchm
     .venv/bin/python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check
 
 The stages run in priority order, each under a time cap and all under ``--budget`` seconds, so that what
-finished always comes back (a capped training run gets Ctrl-C, saves its history and stops):
+finished always comes back (a capped training run gets SIGTERM, saves its history and stops):
 
   env              the GPU, PyTorch and CUDA versions
   smoke            20 steps of the supervised recipe: the CUDA path (autocast, channels_last, fused
@@ -107,8 +107,10 @@ def plan(runs: Path, smoke: bool) -> list[Stage]:
 
 
 def run_stage(stage: Stage, seconds: float, log, env: dict[str, str]) -> dict:
-    """Run ``stage.argv`` from the repository root for at most ``seconds``; Ctrl-C at the cap (the trainer
-    then saves and stops), a kill 30 s later."""
+    """Run ``stage.argv`` from the repository root for at most ``seconds``; SIGTERM at the cap (latentbench
+    takes it as Ctrl-C: the trainer saves and stops), a kill 30 s later. Not SIGINT: a shell that starts a
+    command in the background (``nohup ... &``, a non-interactive job runner) leaves SIGINT ignored in it, so
+    the trainer would keep training until the kill and lose the epoch in flight."""
     log.write(f"\n===== {stage.name}: {' '.join(stage.argv)}  (cap {seconds:.0f} s)\n")
     log.flush()
     start = time.monotonic()
@@ -118,7 +120,7 @@ def run_stage(stage: Stage, seconds: float, log, env: dict[str, str]) -> dict:
         proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         capped = True
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

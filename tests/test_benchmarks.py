@@ -3,6 +3,7 @@ hand, not in the test suite)."""
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -77,13 +78,38 @@ def test_gpu_check_smoke_runs_the_training_and_evaluation_stages_and_returns_the
     assert "e2e" in json.dumps(metrics)
 
 
-def test_gpu_check_caps_a_stage_with_ctrl_c_and_skips_what_the_budget_cannot_hold(tmp_path):
+def test_gpu_check_caps_a_stage_with_sigterm_and_skips_what_the_budget_cannot_hold(tmp_path):
     bench = _load("gpu_check")
-    stage = bench.Stage("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=1)
+    # a stand-in for latentbench, which takes SIGTERM as Ctrl-C: saves, says so, exits 143
+    stopper = ("import signal, sys, time\n"
+               "def stop(signum, frame):\n"
+               "    print('stopped by SIGTERM; saved', flush=True)\n"
+               "    sys.exit(143)\n"
+               "signal.signal(signal.SIGTERM, stop)\n"
+               "time.sleep(60)\n")
+    stage = bench.Stage("sleeper", [sys.executable, "-c", stopper], cap_s=1)
     with open(tmp_path / "log", "w") as log:
         result = bench.run_stage(stage, 1.0, log, env=None)
-    assert result["capped"] and result["returncode"] != 0 and result["seconds"] < 30
-    assert "KeyboardInterrupt" in (tmp_path / "log").read_text()  # Ctrl-C, so a trainer would save and stop
+    assert result["capped"] and result["returncode"] == 143 and result["seconds"] < 30
+    assert "stopped by SIGTERM; saved" in (tmp_path / "log").read_text()
+
+    code = bench.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "5", "--only", "supervised_wide"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert code == 0 and "skipped" in summary["supervised_wide"]  # 5 s left, under its 120 s minimum
+
+
+def test_gpu_check_caps_a_stage_started_from_a_background_shell_without_waiting_for_the_kill(tmp_path):
+    """``nohup cmd &`` (and non-interactive job runners) start commands with SIGINT ignored, which a child
+    inherits: a cap by Ctrl-C went unheard until the kill 30 s later (CI run in the background, session 36)."""
+    bench = _load("gpu_check")
+    stage = bench.Stage("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], cap_s=1)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the background shell hands down
+    try:
+        with open(tmp_path / "log", "w") as log:
+            result = bench.run_stage(stage, 1.0, log, env=None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result["capped"] and result["returncode"] == -signal.SIGTERM and result["seconds"] < 30
 
     code = bench.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "5", "--only", "supervised_wide"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
