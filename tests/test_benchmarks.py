@@ -111,10 +111,6 @@ def test_gpu_check_caps_a_stage_started_from_a_background_shell_without_waiting_
         signal.signal(signal.SIGINT, previous)
     assert result["capped"] and result["returncode"] == -signal.SIGTERM and result["seconds"] < 30
 
-    code = bench.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "5", "--only", "supervised_wide"])
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert code == 0 and "skipped" in summary["supervised_wide"]  # 5 s left, under its 120 s minimum
-
 
 def test_gpu_check_packs_and_unpacks_the_data_archives(tmp_path, monkeypatch):
     bench = _load("gpu_check")
