@@ -424,14 +424,15 @@ def test_the_estimate_follows_the_pace_of_the_training_already_done_in_the_folde
 
     assert pace() == (0.0, 0.0)
     first, second = plan[0], plan[1]
-    epochs = first.config.train.epochs
-    _record_training(first, epochs, 2.5 * study.estimate_parts(first)[0])  # all its epochs, 2.5x the model
-    _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)  # half of them
+    half = second.config.train.epochs // 2  # each recipe has its own length
+    assert second.config.train.epochs == 2 * half, "the test needs an even epoch count for its second run"
+    _record_training(first, first.config.train.epochs, 2.5 * study.estimate_parts(first)[0])  # all, 2.5x
+    _record_training(second, half, 2.5 * study.estimate_parts(second)[0] / 2)  # half of them
     actual, predicted = pace()
     assert actual / predicted == pytest.approx(2.5)
     (second.run_dir / "run_info.json").write_text("{ damaged")  # unreadable: left out, not an error
     assert pace()[0] / pace()[1] == pytest.approx(2.5)
-    _record_training(second, epochs // 2, 2.5 * study.estimate_parts(second)[0] / 2)
+    _record_training(second, half, 2.5 * study.estimate_parts(second)[0] / 2)
 
     states = {r.name: "new" for r in plan} | {first.name: "trained", second.name: "interrupted"}
     estimates = {r.name: estimate_seconds(r, states[r.name], study.training_progress(r)[0]) for r in plan}
