@@ -72,6 +72,13 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     ("objective.encoder_frozen_from=1.5", "objective.encoder_frozen_from must lie in [0, 1], got 1.5"),
     (["objective.encoder_frozen_from=0.8", 'objective.name="contrastive"'],
      "objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the autoencoder objective only"),
+    ('objective.encoder_frozen_schedule="restart"',
+     'objective.encoder_frozen_schedule = "restart" restarts the learning-rate schedule when the encoder freezes; '
+     'it needs objective.encoder_frozen_from < 1 (got 1.0)'),
+    (['objective.encoder_frozen_schedule="restart"', "objective.encoder_frozen_from=0.5", 'train.schedule="constant"'],
+     "and train.schedule \"onecycle\" or \"cosine\" (got 'constant')"),
+    ('objective.encoder_frozen_schedule="again"',
+     "objective.encoder_frozen_schedule = 'again' is not one of: continue, restart"),
     ("objective.skips_from=0.5",
      "objective.skips_from > 0 (epochs without the decoder's skip maps) applies to the autoencoder with"),
     ("objective.skips_from=-0.1", "objective.skips_from must lie in [0, 1], got -0.1"),

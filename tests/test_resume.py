@@ -257,6 +257,28 @@ def test_scheduled_runs_resume_exactly(tiny, tmp_path, monkeypatch, objective, e
         assert saved["param_groups"][0]["nesterov"] and saved["param_groups"][0]["weight_decay"] == 5e-4
 
 
+RESTART = ['train.schedule="onecycle"', "objective.encoder_frozen_from=0.5",
+           'objective.encoder_frozen_schedule="restart"']
+
+
+@pytest.mark.parametrize("step,how", [
+    (7, "sigint"),   # mid-epoch in the encoder's schedule (epochs 1-2)
+    (10, "raise"),   # first step of the decoder-only epoch: resumes from the encoder schedule's last checkpoint
+    (12, "sigint"),  # mid-epoch in the decoder-only schedule
+])
+def test_a_schedule_restarted_at_the_freeze_resumes_exactly(tiny, tmp_path, monkeypatch, python_sigint_handler,
+                                                             step, how):
+    whole = train(small(tiny, "autoencoder", "conv", 3, RESTART), tmp_path / "whole")
+    run = tmp_path / "split"
+    interrupt_at(monkeypatch, [step], how=how)
+    with pytest.raises(TrainingInterrupted):
+        train(small(tiny, "autoencoder", "conv", 3, RESTART), run)
+    monkeypatch.undo()
+    train(small(tiny, "autoencoder", "conv", 3, RESTART), run, resume=True)
+    assert_identical_runs(whole, run)
+    assert safe_torch_load(run / "checkpoints/last.pt")["scheduler_phase"] == [2, 3]
+
+
 def test_resume_refuses_a_longer_budget_for_a_scheduled_run(tiny, tmp_path):
     run = train(small(tiny, "autoencoder", "mlp", 1, ['train.schedule="cosine"']), tmp_path / "run")
     with pytest.raises(ConfigError, match="cannot change train.epochs from 1 to 3 .*'cosine' learning-rate schedule"):

@@ -357,6 +357,24 @@ def test_a_wider_mlp_probe_raises_the_evaluation_estimate_as_measured(tmp_path):
         assert estimate_seconds(wide, "trained") > estimate_seconds(narrow, "trained")
 
 
+def test_the_mlp_probe_estimate_counts_the_epochs_early_stopping_leaves_and_the_view_codes(tmp_path):
+    def probe_seconds(*overrides):
+        run = study.plan_study(load_preset("paper"), tmp_path, ["mnist"], 1, list(overrides))[0]
+        return study.mlp_probe_seconds(run.config, 54_000, study.probe_view_copies(run.config.eval, 1))
+
+    typical = study.PROBE_TYPICAL_BEST_EPOCH
+    # below the typical stopping point the cap is eval.probe_epochs; above it, best epoch + patience
+    assert probe_seconds("eval.probe_epochs=20") == pytest.approx(2 * probe_seconds("eval.probe_epochs=10"))
+    assert probe_seconds(f"eval.probe_epochs={typical + 60}", "eval.probe_patience=10") == pytest.approx(
+        probe_seconds(f"eval.probe_epochs={typical + 10}", "eval.probe_patience=10"))
+    assert probe_seconds(f"eval.probe_epochs={typical + 60}", "eval.probe_patience=0") == pytest.approx(
+        probe_seconds(f"eval.probe_epochs={typical + 60}", "eval.probe_patience=60"))  # 0 = no early stop
+    # four views: a plain fit on 54,000 codes and one on 5 x 54,000
+    assert probe_seconds("eval.probe_views=4") == pytest.approx(6 * probe_seconds("eval.probe_views=0"))
+    # session 40's measurement it was fitted to: 291 s for the MNIST autoencoder's 256-unit probe with views
+    assert 250 < probe_seconds("eval.probe_views=4", "eval.probe_hidden=256") < 350
+
+
 def test_a_sigterm_stopped_run_stops_the_study_with_the_signals_exit_status(tmp_path, capsys, monkeypatch):
     """A trainer stopped by SIGTERM (exit status 143) stops the study the same way, and the CLI exits 143."""
     def stopped_by_sigterm(cfg, run_dir, resume, splits):

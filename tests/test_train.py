@@ -2,6 +2,7 @@
 batching, seeding, max_steps."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -175,6 +176,60 @@ def test_training_loop_tells_the_objective_each_epoch_including_after_resume(tin
     assert seen == [(0, 2), (1, 2)]
     train(tiny("autoencoder", extra=["train.epochs=3", "train.patience=0"]), run, resume=True)
     assert seen == [(0, 2), (1, 2), (2, 3)]  # the resumed run continues at epoch index 2 of 3
+
+
+def learning_rates_used(monkeypatch) -> list[float]:
+    """The learning rate each training step uses (read inside the step, before the optimizer's update)."""
+    seen, watch = [], Trainer._watch_loss
+
+    def watch_and_record(self, loss):
+        watch(self, loss)
+        seen.append(self.optimizer.param_groups[0]["lr"])
+
+    monkeypatch.setattr(Trainer, "_watch_loss", watch_and_record)
+    return seen
+
+
+@pytest.mark.parametrize("epochs,frozen_from", [(8, 0.625), (5, 0.6), (4, 0.5), (3, 0.1)])
+def test_a_restarted_schedule_splits_the_epochs_where_the_objective_freezes_the_encoder(tiny, epochs, frozen_from):
+    from latentbench.objectives import build_objective
+    from latentbench.train import schedule_phase, schedule_phases
+    cfg = tiny("autoencoder", extra=[f"train.epochs={epochs}", 'train.schedule="onecycle"',
+                                     f"objective.encoder_frozen_from={frozen_from}",
+                                     'objective.encoder_frozen_schedule="restart"'])
+    objective = build_objective(load_splits(cfg.data).spec, cfg)
+    frozen = []
+    for epoch in range(epochs):
+        objective.start_epoch(epoch, epochs)
+        frozen.append(objective.encoder_frozen)
+    first_frozen = frozen.index(True)  # 0.6 x 5 is 3.0000000000000004 in floats: epoch 4, as the objective says
+    assert schedule_phases(cfg) == [(0, first_frozen), (first_frozen, epochs)]
+    assert [schedule_phase(cfg, e) for e in range(epochs)] == [schedule_phases(cfg)[f] for f in frozen]
+    continued = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective,
+                                                                       encoder_frozen_schedule="continue"))
+    assert schedule_phases(continued) == [(0, epochs)]
+
+
+def test_the_encoder_schedule_anneals_before_the_freeze_and_the_decoder_gets_a_fresh_one(tiny, monkeypatch):
+    base = ["train.epochs=3", "train.patience=0", 'train.schedule="onecycle"', "train.lr=0.01",
+            "objective.encoder_frozen_from=0.5"]  # 3 epochs: the encoder trains in epochs 1-2, the decoder alone in 3
+    lrs = {}
+    for how in ("continue", "restart"):
+        seen = learning_rates_used(monkeypatch)
+        train(tiny("autoencoder", extra=[*base, f'objective.encoder_frozen_schedule="{how}"', f'name="{how}"']))
+        monkeypatch.undo()
+        lrs[how] = seen
+    steps = len(lrs["restart"]) // 3  # per epoch
+    first, last_encoder_step, first_decoder_step = 0, 2 * steps - 1, 2 * steps
+    for how in ("continue", "restart"):
+        assert lrs[how][first] == pytest.approx(0.01 / 25)  # one-cycle's start: max_lr / div_factor
+    # restart: the encoder's one-cycle ends at its floor (start / 1e4); the decoder's starts over and peaks again
+    assert lrs["restart"][last_encoder_step] == pytest.approx(0.01 / 25 / 1e4, rel=0.05)
+    assert lrs["restart"][first_decoder_step] == pytest.approx(0.01 / 25)
+    assert max(lrs["restart"][first_decoder_step:]) > 0.8 * 0.01  # a 5-step cycle peaks between two steps
+    # continue: one cycle over all three epochs, still well above its floor when the encoder freezes
+    assert lrs["continue"][last_encoder_step] > 100 * lrs["restart"][last_encoder_step]
+    assert max(lrs["continue"][first_decoder_step:]) < lrs["continue"][last_encoder_step]
 
 
 def test_ema_matches_a_loop_reference_over_weights_and_batchnorm_statistics():

@@ -96,6 +96,10 @@ class ObjectiveConfig:
     # statistics frozen); 1 = never. With input_augment_until: views shape the code, then the decoder fits
     # clean images
     encoder_frozen_from: float = 1.0
+    # autoencoder with encoder_frozen_from < 1: "continue" = one learning-rate schedule over all the epochs (the
+    # encoder stops mid-cycle); "restart" = the encoder's epochs get a whole schedule of their own (annealed when
+    # it freezes) and the decoder-only epochs a fresh one (warm-up and all)
+    encoder_frozen_schedule: str = "continue"
     # autoencoder with model.skips: fraction of the epochs before which the decoder gets no skip maps (the
     # code must carry the image alone, as without skips); 0 = skips from the start
     skips_from: float = 0.0
@@ -236,6 +240,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective.recon_augment": TRAINING_AUGMENTS,
     "objective.input_augment": (*TRAINING_AUGMENTS, "color", "erase"),  # corruptions: SimCLR's views fit too
     "objective.recon_from": ("image", "view"),
+    "objective.encoder_frozen_schedule": ("continue", "restart"),
     "model.mlp_activation": ("relu", "gelu", "silu", "leaky_relu"),
     "model.conv_pool": ("flatten", "avg"),
     "model.conv_downsample": ("stride", "maxpool"),
@@ -376,6 +381,12 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.encoder_frozen_from < 1 (decoder-only epochs) applies to the "
                           f"autoencoder objective only, not to objective.name = {cfg.objective.name!r}: "
                           f"leave it at 1")
+    if cfg.objective.encoder_frozen_schedule == "restart" and not (cfg.objective.encoder_frozen_from < 1
+                                                                   and cfg.train.schedule != "constant"):
+        raise ConfigError(f"objective.encoder_frozen_schedule = \"restart\" restarts the learning-rate schedule "
+                          f"when the encoder freezes; it needs objective.encoder_frozen_from < 1 (got "
+                          f"{cfg.objective.encoder_frozen_from}) and train.schedule \"onecycle\" or \"cosine\" "
+                          f"(got {cfg.train.schedule!r}): set them, or leave it at \"continue\"")
     if cfg.objective.recon_from != "image" and not (cfg.objective.name == "contrastive"
                                                     and cfg.objective.recon_weight > 0):
         raise ConfigError(f"objective.recon_from = {cfg.objective.recon_from!r} chooses the code the "

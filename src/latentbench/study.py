@@ -52,10 +52,12 @@ STUDY_FILE = "study.json"  # the plan and its sessions; what marks a study folde
 # Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured
 # with one training thread while other jobs shared the machine (load ~4), float32, batch 128. A training
 # epoch costs n_train x TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs
-# EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (probes, kNN, latent statistics, pixel
-# baselines) + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x
-# TSNE; with probe views (eval.probe_views) the MLP probe is fitted again on (1 + views) x n_train codes
-# (MLP_PROBE_VIEWS) after encoding views x n_train more images. Training (its TRAIN_COMPUTE_SHARE) and
+# EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (linear probe, kNN, latent statistics, pixel
+# baselines) + the MLP probe's code-epochs x MLP_PROBE + n_train x decoder-probe epochs x DECODER_PROBE
+# (encoders without a decoder) + t-SNE points x TSNE. The MLP probe sees n_train codes per epoch, and with
+# probe views (eval.probe_views) it is fitted again on (1 + views) x n_train codes after encoding views x
+# n_train more images; each fit runs min(eval.probe_epochs, PROBE_TYPICAL_BEST_EPOCH + eval.probe_patience)
+# epochs (early stopping). Training (its TRAIN_COMPUTE_SHARE) and
 # embedding costs scale with the model's multiply-accumulates per image against the default widths'
 # (compute_scale). Early stopping and a faster machine make real runs shorter; the ETA printed during the
 # study rescales the remaining estimate by how long the finished runs took against theirs.
@@ -79,17 +81,30 @@ TRAIN_COMPUTE_SHARE = {
     ("conv", "autoencoder"): 0.65, ("conv", "supervised"): 0.83, ("conv", "contrastive"): 0.65,
 }
 EVAL_FIXED_SECONDS = 4.0
-EMBED_SECONDS_PER_IMAGE = {"mlp": 2e-5, "conv": 0.9e-3}
-# probes, kNN and latent statistics per training code, re-measured in session 6's quick preset (2 threads):
-# MNIST 18 s on 54,000 codes (3.4e-4), CIFAR-10 3 s on 4,500 (6.7e-4) plus its pixel baselines once (8 s)
-PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-4, "conv": 1.5e-3}
-# measured (session 7, 2 threads): the MNIST autoencoder's MLP probe on 54,000 clean + 108,000 view codes
-# 14 s, i.e. 0.9e-4 s per code; kept ~2.5x above that, like the other constants
-MLP_PROBE_VIEWS_SECONDS_PER_CODE = 1.5e-4
+# session 40 (Zen 3 host, the quick preset, 20,000 CIFAR-10 images): 13.2 s for the contrastive encoder (scale 1),
+# 23-25.5 s for the autoencoders (scale 2.26), i.e. 0.51-0.66e-3 per image at scale 1 (the constant said 0.9e-3)
+EMBED_SECONDS_PER_IMAGE = {"mlp": 2e-5, "conv": 0.65e-3}
+# linear probe, kNN, latent statistics and pixel baselines per training code; session 40 (Zen 3 host, the quick
+# preset's MNIST autoencoder): 6.5-9.8 s on 54,000 codes plus the pixel baselines once per dataset (30-41.5 s,
+# shared by three runs): 3.1-4.4e-4 s per code. CIFAR-10 (session 39, 45,000 codes): linear probe and kNN 6 s
+# plus its pixel baselines once; session 6's 1.5e-3 covered the MLP probe as well
+PROBE_SECONDS_PER_IMAGE = {"mlp": 3.5e-4, "conv": 1.0e-3}
+# the MLP probe's seconds per code per epoch at the report's 64 hidden units (one thread; probe_width_factor for
+# wider ones): session 40, Zen 3 host, batch 128: the MNIST autoencoder's 256-unit probe 291 s for 77 epochs of
+# 270,000 codes (four views) and 98 of 54,000 (plain), i.e. 11.2e-6 at 256 units, 7.5e-6 at 64; CIFAR-10
+# (session 39, 64 units) 23 s for 69 epochs of 45,000 codes, 7.4e-6. Session 7's constant, per code and not per
+# epoch, put this probe at a fifth of its time
+MLP_PROBE_SECONDS_PER_CODE_EPOCH = 8e-6
+# early stopping: the epoch the MLP probe keeps (the MNIST autoencoder's 57 with views and 78 without, CIFAR-10
+# 49); a fit then runs eval.probe_patience epochs more, up to eval.probe_epochs
+PROBE_TYPICAL_BEST_EPOCH = 60
 # the MLP probe's cost per code grows with its hidden width about as (336 + hidden): measured (session 11, the
 # MNIST autoencoder's codes with four views, 3 seeds) 64 -> 256 units: 1.48x the probe's seconds
 PROBE_WIDTH_OFFSET = 336
-DECODER_PROBE_SECONDS_PER_IMAGE = {"mlp": 4e-5, "conv": 4e-3}
+# the decoder probe per training code and epoch; session 40 (Zen 3 host, the quick preset): the MNIST supervised
+# and contrastive encoders' MLP decoders 45-47 s for 5 epochs of 54,000 codes (1.7e-4; the constant said 4e-5),
+# the CIFAR-10 supervised encoder's conv decoder 19 s for 1 epoch of 4,500 (4.2e-3)
+DECODER_PROBE_SECONDS_PER_IMAGE = {"mlp": 1.7e-4, "conv": 4e-3}
 TSNE_SECONDS_PER_POINT = 5e-3
 DATASET_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}  # (train + val, test) images
 
@@ -303,6 +318,18 @@ def probe_width_factor(cfg: RunConfig) -> float:
     return (PROBE_WIDTH_OFFSET + probe_hidden_width(cfg)) / (PROBE_WIDTH_OFFSET + report_width)
 
 
+def mlp_probe_seconds(cfg: RunConfig, n_train: int, views: int) -> float:
+    """The MLP probe's rough wall time on ``n_train`` training codes: one fit on them, and with ``views``
+    augmented copies of each a second fit on (1 + views) x n_train codes; each runs the epochs early stopping
+    typically leaves (see the cost model above)."""
+    ev = cfg.eval
+    epochs = ev.probe_epochs
+    if ev.probe_patience:
+        epochs = min(epochs, PROBE_TYPICAL_BEST_EPOCH + ev.probe_patience)
+    codes = n_train + (n_train * (1 + views) if views else 0)
+    return codes * epochs * MLP_PROBE_SECONDS_PER_CODE_EPOCH * probe_width_factor(cfg)
+
+
 def estimate_parts(run: PlannedRun) -> tuple[float, float]:
     """(training, evaluation): rough wall times of a whole run on the reference 2-core CPU (see the cost model
     above)."""
@@ -319,9 +346,8 @@ def estimate_parts(run: PlannedRun) -> tuple[float, float]:
     views = probe_view_copies(cfg.eval, _image_shape(cfg, run.dataset)[0])
     evaluation = (EVAL_FIXED_SECONDS
                   + (n_train * (1 + views) + n_val + n_test) * EMBED_SECONDS_PER_IMAGE[kind] * scale
-                  + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT)
-    if views:
-        evaluation += n_train * (1 + views) * MLP_PROBE_VIEWS_SECONDS_PER_CODE * probe_width_factor(cfg)
+                  + n_train * PROBE_SECONDS_PER_IMAGE[kind] + cfg.eval.tsne_points * TSNE_SECONDS_PER_POINT
+                  + mlp_probe_seconds(cfg, n_train, views))
     if not _has_decoder(cfg):
         evaluation += n_train * cfg.eval.decoder_probe_epochs * DECODER_PROBE_SECONDS_PER_IMAGE[kind]
     return train, evaluation

@@ -89,11 +89,33 @@ def make_optimizer(params, cfg: RunConfig, device: torch.device | None) -> torch
     return torch.optim.Adam(params, **opts)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
+def schedule_phases(cfg: RunConfig) -> list[tuple[int, int]]:
+    """The epoch ranges ``[start, end)`` that each get a whole learning-rate schedule: all the epochs, or with
+    ``objective.encoder_frozen_schedule = "restart"`` the encoder's epochs, then the decoder-only ones (the
+    first of them as the objective counts it: ``epoch >= encoder_frozen_from * epochs``)."""
+    epochs, o = cfg.train.epochs, cfg.objective
+    if o.encoder_frozen_schedule == "restart":
+        frozen = next((e for e in range(epochs) if e >= o.encoder_frozen_from * epochs), epochs)
+        if 0 < frozen < epochs:
+            return [(0, frozen), (frozen, epochs)]
+    return [(0, epochs)]
+
+
+def schedule_phase(cfg: RunConfig, epoch: int) -> tuple[int, int]:
+    """The phase of :func:`schedule_phases` that ``epoch`` (0-based) trains in (the last one past the end)."""
+    phases = schedule_phases(cfg)
+    return next((p for p in phases if p[0] <= epoch < p[1]), phases[-1])
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int,
+                   phase: tuple[int, int] | None = None):
+    """The learning-rate schedule of the epochs ``phase`` (default: all of them), cut at ``train.max_steps``."""
     t = cfg.train
-    total = max(1, t.epochs * steps_per_epoch)
+    start, end = phase or (0, t.epochs)
+    total = (end - start) * steps_per_epoch
     if t.max_steps:
-        total = min(total, t.max_steps)
+        total = min(total, t.max_steps - start * steps_per_epoch)
+    total = max(1, total)
     if t.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total, pct_start=0.25)
     if t.schedule == "cosine":
@@ -240,7 +262,8 @@ class Trainer:
             raise ConfigError(f"train.batch_size = {t.batch_size} leaves no full batch; lower it")
         self.optimizer = make_optimizer(self.objective.parameters(), self.cfg, self.device)
         self.ema = make_ema(self.objective, t.ema_decay)  # after _wrap: it copies the converted layers
-        self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
+        self.scheduler_phase = schedule_phase(self.cfg, 0)  # the epochs the scheduler's schedule spans
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader), self.scheduler_phase)
         monitor = t.monitor if t.monitor != "auto" else self.objective.monitor
         mode = self.objective.mode if t.monitor == "auto" else ("max" if "acc" in monitor or monitor == "last"
                                                                 else "min")
@@ -311,6 +334,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scheduler_phase": list(self.scheduler_phase),
             "scaler": self.scaler.state_dict(),  # fp16 loss scale; {} when disabled
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -368,9 +392,7 @@ class Trainer:
             check_resume_config(state["config"], self.cfg, path)
         load_objective_weights(self.objective, path, state)
         try:
-            self._restore_optimizer(state["optimizer"])
-            if self.scheduler is not None and state["scheduler"] is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
+            self._restore_schedule_and_optimizer(state)
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             if state.get("scaler"):  # a no-op when this run does not use fp16
@@ -387,6 +409,26 @@ class Trainer:
         except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise RunFileError(f"'{path}' is damaged or from an incompatible version ({type(err).__name__}: "
                                f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+
+    def _restore_schedule_and_optimizer(self, state: dict[str, Any]) -> None:
+        """The optimizer's state, and the schedule of the phase the checkpoint's epoch trains in: the saved one
+        when it is that phase's (built before the optimizer's state, which then restores the saved learning
+        rate), else a fresh one, as :meth:`train_epoch` starts it at a phase's first epoch."""
+        phase = schedule_phase(self.cfg, state["epoch"])
+        saved_phase = tuple(state.get("scheduler_phase") or (0, self.cfg.train.epochs))  # older checkpoints
+        if self.scheduler is not None and saved_phase == phase:
+            self._start_schedule(phase)
+        self._restore_optimizer(state["optimizer"])
+        if self.scheduler is None:
+            return
+        if saved_phase != phase:
+            self._start_schedule(phase)
+        elif state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def _start_schedule(self, phase: tuple[int, int]) -> None:
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader), phase)
+        self.scheduler_phase = phase
 
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """Load optimizer state saved on any device; keep *this* device's kernel choice (fused/foreach).
@@ -433,6 +475,8 @@ class Trainer:
         """One epoch from ``batch_in_epoch`` on; a Ctrl-C takes effect between steps (see :meth:`fit`)."""
         self.step_module.train()
         self.objective.start_epoch(self.epoch, self.cfg.train.epochs)
+        if self.scheduler is not None and schedule_phase(self.cfg, self.epoch) != self.scheduler_phase:
+            self._start_schedule(schedule_phase(self.cfg, self.epoch))  # objective.encoder_frozen_schedule
         if self.ema is not None:
             self.ema.module.start_epoch(self.epoch, self.cfg.train.epochs)  # validated like the live model
         sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
