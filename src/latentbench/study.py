@@ -49,18 +49,17 @@ NEUTRAL_KEYS = {"data.root", "data.download", "train.device", "train.threads", "
 DONE_STATES = ("evaluated", "diverged")  # run states a re-run skips
 STUDY_FILE = "study.json"  # the plan and its sessions; what marks a study folder
 
-# Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured
-# with one training thread while other jobs shared the machine (load ~4), float32, batch 128. A training
-# epoch costs n_train x TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs
-# EVAL_FIXED + (train + val + test) x EMBED + n_train x PROBES (linear probe, kNN, latent statistics, pixel
-# baselines) + the MLP probe's code-epochs x MLP_PROBE + n_train x decoder-probe epochs x DECODER_PROBE
-# (encoders without a decoder) + t-SNE points x TSNE. The MLP probe sees n_train codes per epoch, and with
-# probe views (eval.probe_views) it is fitted again on (1 + views) x n_train codes after encoding views x
-# n_train more images; each fit runs min(eval.probe_epochs, PROBE_TYPICAL_BEST_EPOCH + eval.probe_patience)
-# epochs (early stopping). Training (its TRAIN_COMPUTE_SHARE) and
-# embedding costs scale with the model's multiply-accumulates per image against the default widths'
-# (compute_scale). Early stopping and a faster machine make real runs shorter; the ETA printed during the
-# study rescales the remaining estimate by how long the finished runs took against theirs.
+# Cost model for the up-front estimate: seconds per image on this project's 2-core reference CPU, measured with one
+# training thread while other jobs shared the machine (load ~4), float32, batch 128. A training epoch costs n_train x
+# TRAIN + n_val x TRAIN / 3 (the validation pass is forward only). Evaluation costs EVAL_FIXED + (train + val + test)
+# x EMBED + n_train x PROBES (linear probe, kNN, latent statistics, pixel baselines) + the MLP probe's code-epochs x
+# MLP_PROBE + n_train x decoder-probe epochs x DECODER_PROBE (encoders without a decoder) + t-SNE points x TSNE. The
+# MLP probe sees n_train codes per epoch, and with probe views (eval.probe_views) it is fitted again on (1 + views) x
+# n_train codes after encoding views x n_train more images; each fit runs min(eval.probe_epochs,
+# PROBE_TYPICAL_BEST_EPOCH + eval.probe_patience) epochs (early stopping). Training (its TRAIN_COMPUTE_SHARE) and
+# embedding costs scale with the model's multiply-accumulates per image against the default widths' (compute_scale).
+# Early stopping and a faster machine make real runs shorter; the ETA printed during the study rescales the remaining
+# estimate by how long the finished runs took against theirs.
 # The conv rows were re-measured in sessions 5-6 (2 threads, idle, full-length recipes at widths 32-256,
 # docs/results.md): autoencoder 704 s, supervised 466 s, contrastive + denoising 1,760 s for 20 epochs of
 # 45,000 + 5,000 images, i.e. 7.5e-4 / 5.0e-4 / 1.9e-3 s per image; kept ~20% above that. Supervised
