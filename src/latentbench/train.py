@@ -416,7 +416,7 @@ class Trainer:
         rate), else a fresh one, as :meth:`train_epoch` starts it at a phase's first epoch."""
         phase = schedule_phase(self.cfg, state["epoch"])
         saved_phase = tuple(state.get("scheduler_phase") or (0, self.cfg.train.epochs))  # older checkpoints
-        if self.scheduler is not None and saved_phase == phase:
+        if self.scheduler is not None and saved_phase == phase != self.scheduler_phase:
             self._start_schedule(phase)
         self._restore_optimizer(state["optimizer"])
         if self.scheduler is None:
@@ -475,8 +475,9 @@ class Trainer:
         """One epoch from ``batch_in_epoch`` on; a Ctrl-C takes effect between steps (see :meth:`fit`)."""
         self.step_module.train()
         self.objective.start_epoch(self.epoch, self.cfg.train.epochs)
-        if self.scheduler is not None and schedule_phase(self.cfg, self.epoch) != self.scheduler_phase:
-            self._start_schedule(schedule_phase(self.cfg, self.epoch))  # objective.encoder_frozen_schedule
+        phase = schedule_phase(self.cfg, self.epoch)
+        if self.scheduler is not None and phase != self.scheduler_phase:
+            self._start_schedule(phase)  # objective.encoder_frozen_schedule = "restart": a new phase starts
         if self.ema is not None:
             self.ema.module.start_epoch(self.epoch, self.cfg.train.epochs)  # validated like the live model
         sums: dict[str, torch.Tensor] = {k: torch.tensor(v, device=self.device) for k, v in self.partial.items()}
