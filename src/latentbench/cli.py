@@ -8,6 +8,7 @@
     latentbench report runs/            (or a study folder)
     latentbench reproduce [--preset quick|paper|smoke] [--datasets mnist,cifar10] [--seeds N] [--out DIR]
     latentbench status [FOLDER ...]     (what each run under runs/ or FOLDER is doing)
+    latentbench compare RUN_OR_FOLDER ... [--blind] [--keys probe_linear,recon] [--json]
 
 Errors a user can fix (bad config, missing data, broken run files, a full disk) end with a one-paragraph
 message and exit status 2, never a traceback; Ctrl-C exits with status 130 after saving what can be
@@ -158,6 +159,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from latentbench.compare import as_json, compare_runs, format_table
+
+    parts = [part.strip() for part in args.keys.split(",") if part.strip()] if args.keys else []
+    comparison = compare_runs([Path(f) for f in args.folders], blind=args.blind, parts=parts)
+    print(as_json(comparison) if args.json else format_table(comparison))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentbench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="run directories or folders of them (default runs)")
     p.add_argument("--json", action="store_true", help="one JSON object per run, for scripts and dashboards")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("compare", help="runs' metrics side by side, with mean and std across them")
+    p.add_argument("folders", nargs="+", metavar="RUN_OR_FOLDER", help="run directories or folders of them")
+    p.add_argument("--blind", action="store_true",
+                   help="leave out the test split's metrics (*_test_*), to choose a recipe on validation")
+    p.add_argument("--keys", metavar="PARTS",
+                   help="comma-separated parts of metric names to keep, e.g. probe_linear,recon_val")
+    p.add_argument("--json", action="store_true", help="one JSON object (values, mean, std per metric)")
+    p.set_defaults(fn=cmd_compare)
     return parser
 
 
