@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from latentbench.evaluate import is_test_key
-from latentbench.io import RunFileError, read_json
+from latentbench.io import RunFileError
+from latentbench.report import load_run
 from latentbench.status import find_runs
 
 TRAIN_SECONDS = "train_seconds"
@@ -58,15 +59,14 @@ class Comparison:
 
 
 def run_metrics(run_dir: Path) -> dict[str, float] | None:
-    """A run's numeric metrics plus its training time; None when it has no ``metrics.json`` yet."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
+    """A run's numeric metrics (as the report reads them) plus its training time; None when it has no
+    ``metrics.json`` yet."""
+    if not (run_dir / "metrics.json").is_file():
         return None
-    metrics = read_json(path).get("metrics", {})
-    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    info = read_json(run_dir / "run_info.json") if (run_dir / "run_info.json").is_file() else {}
-    if isinstance(info.get(TRAIN_SECONDS), (int, float)):
-        numbers[TRAIN_SECONDS] = float(info[TRAIN_SECONDS])
+    run = load_run(run_dir, None)
+    numbers = {k: float(v) for k, v in run.metrics.items() if not isinstance(v, bool)}
+    if isinstance(run.info.get(TRAIN_SECONDS), (int, float)):
+        numbers[TRAIN_SECONDS] = float(run.info[TRAIN_SECONDS])
     return numbers
 
 
